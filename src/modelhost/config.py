@@ -1,0 +1,51 @@
+"""Settings: built once per process from flags or MODELHOST_* variables, then passed down."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from dataclasses import dataclass
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """How `modelhost serve` serves one model."""
+
+    model_uri: str
+    host: str = "127.0.0.1"
+    port: int = 5000
+    workers: int = 1
+    max_batch_size: int = 256
+    max_batch_delay_ms: float = 2.0
+    max_body_mb: float = 16.0
+    timeout_s: float = 60.0
+    # Where the model's artifacts were downloaded to; set once by the parent process.
+    local_path: str | None = None
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * MIB)
+
+    # Worker processes are started by the ASGI server, so settings travel in one variable.
+    ENV = "MODELHOST_SERVE_SETTINGS"
+
+    def export(self) -> None:
+        os.environ[self.ENV] = json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_env(cls) -> ServeSettings:
+        try:
+            return cls(**json.loads(os.environ[cls.ENV]))
+        except KeyError:
+            raise RuntimeError(f"{cls.ENV} is not set: start with `modelhost serve`.") from None
+
+
+def configure_logging() -> None:
+    """One log format for every modelhost process, written for the person on call."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )

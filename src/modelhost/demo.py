@@ -1,0 +1,61 @@
+"""A demo model to try modelhost with: a random forest that tells iris species apart."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from modelhost.config import ServeSettings
+
+log = logging.getLogger("modelhost.demo")
+
+ONE_FLOWER = (
+    '{"dataframe_split": {"columns": ["sepal length (cm)", "sepal width (cm)", '
+    '"petal length (cm)", "petal width (cm)"], "data": [[5.1, 3.5, 1.4, 0.2]]}}'
+)
+
+
+def demo_model(home: Path) -> Path:
+    """Train and save the demo model under `home` once; later calls reuse it."""
+    path = home / "demo" / "iris-forest"
+    if (path / "MLmodel").exists():
+        return path
+    import mlflow
+    from sklearn.datasets import load_iris
+    from sklearn.ensemble import RandomForestClassifier
+
+    log.info("Training the demo model into %s", path)
+    features, species = load_iris(return_X_y=True, as_frame=True)
+    forest = RandomForestClassifier(n_estimators=50, random_state=0).fit(features, species)
+    mlflow.sklearn.save_model(
+        forest,
+        path,
+        input_example=features.head(2),
+        skops_trusted_types=["sklearn.tree._tree.Tree"],
+    )
+    return path
+
+
+def main() -> None:
+    from modelhost.worker.server import serve
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    home = Path(os.environ.get("MODELHOST_HOME", Path.home() / ".modelhost"))
+    settings = ServeSettings(
+        model_uri=str(demo_model(home)),
+        port=int(os.environ.get("MODELHOST_PORT", ServeSettings.port)),
+    )
+    print(
+        "\nTry it, once it says the server is running:\n"
+        f"  curl -s http://{settings.host}:{settings.port}/invocations "
+        f"-H 'Content-Type: application/json' \\\n    -d '{ONE_FLOWER}'\n",
+        flush=True,
+    )
+    serve(settings)
+
+
+if __name__ == "__main__":
+    main()

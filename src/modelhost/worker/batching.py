@@ -1,0 +1,220 @@
+"""Adaptive batching: concurrent requests for the model become one `predict` call.
+
+Predictions run on one thread beside the event loop, so while the model works the loop keeps
+reading requests; when it is free again it takes every compatible request that is waiting (same
+columns and dtypes, same params, up to the row limit) at once. It waits for more, up to the delay
+limit, only while requests that have already arrived are still being read or while fewer are
+waiting than the last batch held (those clients are likely on their way back), so a lone client
+never waits for company. A batch whose output is not one row per input row, or that fails, is scored
+again one request at a time, so a bad request only ever fails itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from modelhost.errors import ModelhostError
+from modelhost.worker.model import ServedModel, render
+from modelhost.worker.protocol import ModelInput, Table
+
+log = logging.getLogger("modelhost.worker")
+
+
+@dataclass(slots=True)
+class _Job:
+    model_input: ModelInput
+    answer: asyncio.Future[bytes]
+
+
+class Batcher:
+    """Owns the prediction thread; `score()` is the only way to call the model."""
+
+    def __init__(
+        self,
+        model: ServedModel,
+        max_batch_size: int,
+        max_batch_delay: float,
+        on_predict: Callable[[int, float], None] = lambda rows, seconds: None,
+    ) -> None:
+        self._model = model
+        self._max_rows = max_batch_size
+        self._max_delay = max_batch_delay
+        self._on_predict = on_predict
+        self._waiting: deque[_Job] = deque()
+        self._arriving = 0  # requests being read and parsed, soon to be waiting
+        self._expected = 1  # requests in the last batch: as many clients are likely coming back
+        self._wakeup = asyncio.Event()
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="predict")
+        self._row_aligned = True  # until the model answers a batch otherwise
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="batcher")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._thread.shutdown(wait=False, cancel_futures=True)
+
+    @contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Mark a request as on its way, so a batch being formed waits for it."""
+        self._arriving += 1
+        try:
+            yield
+        finally:
+            self._arriving -= 1
+
+    async def score(self, model_input: ModelInput) -> bytes:
+        """The rendered predictions for one request; raises ModelhostError."""
+        job = _Job(model_input, asyncio.get_running_loop().create_future())
+        self._waiting.append(job)
+        self._wakeup.set()
+        return await job.answer
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._waiting:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            await self._gather_arrivals(loop)
+            batch = self._take()
+            self._expected = len(batch)
+            results = await loop.run_in_executor(self._thread, self._score, batch)
+            for job, result in zip(batch, results, strict=True):
+                if job.answer.done():  # its request timed out or its client left
+                    continue
+                if isinstance(result, ModelhostError):
+                    job.answer.set_exception(result)
+                else:
+                    job.answer.set_result(result)
+
+    async def _gather_arrivals(self, loop: asyncio.AbstractEventLoop) -> None:
+        deadline = loop.time() + self._max_delay
+        while self._waiting_rows() < self._max_rows:
+            # Two passes of the loop: one reads what sockets hold, the next runs its handlers.
+            waiting = len(self._waiting)
+            for _ in range(2):
+                await asyncio.sleep(0)
+            if len(self._waiting) > waiting:
+                continue  # a burst is coming in: keep taking it
+            if not (self._arriving or len(self._waiting) < self._expected):
+                return
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._wakeup.wait()
+            except TimeoutError:
+                return
+
+    def _waiting_rows(self) -> int:
+        return sum(job.model_input.rows or 0 for job in self._waiting)
+
+    def _take(self) -> list[_Job]:
+        """The oldest waiting job and every later one that can share its predict call."""
+        first = self._waiting.popleft()
+        key, rows = first.model_input.batch_key, first.model_input.rows
+        if key is None or not self._row_aligned:
+            return [first]
+        batch, kept = [first], deque()
+        while self._waiting:
+            job = self._waiting.popleft()
+            job_rows = job.model_input.rows or 0
+            if job.model_input.batch_key == key and rows + job_rows <= self._max_rows:
+                batch.append(job)
+                rows += job_rows
+            else:
+                kept.append(job)
+        self._waiting = kept
+        return batch
+
+    # Below here runs on the prediction thread.
+
+    def _score(self, batch: list[_Job]) -> list[bytes | ModelhostError]:
+        if len(batch) > 1:
+            try:
+                return self._score_together(batch)
+            except ModelhostError:
+                pass  # score them one by one below, so only the culprit fails
+        return [self._score_one(job.model_input) for job in batch]
+
+    def _score_one(self, model_input: ModelInput) -> bytes | ModelhostError:
+        try:
+            predictions = self._predict(model_input.data, model_input.rows, model_input.params)
+            return render(predictions, model_input.wrapped)
+        except ModelhostError as e:
+            return e
+
+    def _score_together(self, batch: list[_Job]) -> list[bytes | ModelhostError]:
+        inputs = [job.model_input for job in batch]
+        total = sum(i.rows or 0 for i in inputs)
+        predictions = self._predict(_concat([i.data for i in inputs]), total, inputs[0].params)
+        if _length(predictions) != total:
+            log.warning(
+                "Model %s answered %s rows for %s input rows, so its requests are no longer "
+                "batched.",
+                self._model.uri,
+                _length(predictions),
+                total,
+            )
+            self._row_aligned = False
+            raise ModelhostError("not row-aligned")
+        answers: list[bytes | ModelhostError] = []
+        start = 0
+        for model_input in inputs:
+            end = start + (model_input.rows or 0)
+            answers.append(render(_slice(predictions, start, end), model_input.wrapped))
+            start = end
+        return answers
+
+    def _predict(self, data: Any, rows: int | None, params: dict[str, Any] | None) -> Any:
+        started = time.perf_counter()
+        predictions = self._model.predict(data, params)
+        self._on_predict(rows or 1, time.perf_counter() - started)
+        return predictions
+
+
+def _concat(parts: list[Any]) -> Any:
+    first = parts[0]
+    if isinstance(first, Table):
+        return Table(first.columns, [row for part in parts for row in part.data], first.types)
+    if isinstance(first, pd.DataFrame):
+        return pd.concat(parts, ignore_index=True)
+    if isinstance(first, np.ndarray):
+        return np.concatenate(parts)
+    return {key: np.concatenate([part[key] for part in parts]) for key in first}
+
+
+def _length(predictions: Any) -> int | None:
+    if isinstance(predictions, (np.ndarray, pd.DataFrame, pd.Series, list)):
+        return len(predictions)
+    if isinstance(predictions, dict) and predictions:
+        lengths = {
+            len(v) if isinstance(v, (np.ndarray, list)) else -1 for v in predictions.values()
+        }
+        return lengths.pop() if len(lengths) == 1 else None
+    return None
+
+
+def _slice(predictions: Any, start: int, end: int) -> Any:
+    if isinstance(predictions, (pd.DataFrame, pd.Series)):
+        return predictions.iloc[start:end]
+    if isinstance(predictions, dict):
+        return {key: value[start:end] for key, value in predictions.items()}
+    return predictions[start:end]

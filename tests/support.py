@@ -1,0 +1,155 @@
+"""Real model servers on free loopback ports, started and stopped with their process groups."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+START_TIMEOUT_S = 180
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`modelhost serve` in a subprocess; `start()` returns at once, `wait_ready()` blocks."""
+
+    def __init__(self, model_uri: str | Path, *options: str, log_dir: Path, env=None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.args = [
+            sys.executable,
+            "-m",
+            "modelhost",
+            "serve",
+            "-m",
+            str(model_uri),
+            "--port",
+            str(self.port),
+            *options,
+        ]
+        self.env = {**os.environ, **(env or {})}
+        self.log_path = log_dir / f"server-{self.port}.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> Server:
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                self.args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,
+            )
+        return self
+
+    def wait_ready(self) -> Server:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/ping", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"server did not answer /ping within {START_TIMEOUT_S} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        if not self.alive():
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def invoke(self, body, content_type: str = "application/json") -> httpx.Response:
+        """POST a body (bytes, or a value sent as JSON) to /invocations."""
+        if not isinstance(body, (bytes, str)):
+            import json
+
+            body = json.dumps(body)
+        return httpx.post(
+            f"{self.url}/invocations",
+            content=body,
+            headers={"Content-Type": content_type},
+            timeout=60,
+        )
+
+
+def start_all(servers: dict[str, Server]) -> dict[str, Server]:
+    """Start every server at once (each spends seconds importing MLflow), then wait for all."""
+    for server in servers.values():
+        server.start()
+    try:
+        for server in servers.values():
+            server.wait_ready()
+    except BaseException:
+        stop_all(servers)
+        raise
+    return servers
+
+
+def stop_all(servers: dict[str, Server]) -> None:
+    for server in servers.values():
+        server.stop()
+
+
+def burst(server: Server, bodies: list, content_type: str = "application/json") -> list[Reply]:
+    """Send every body at once, each on its own connection, so they arrive together.
+
+    A client library issues requests one after another; written to open sockets back to back
+    they reach the server within a millisecond, as a crowd of clients' requests do.
+    """
+    import http.client
+    import json
+
+    connections = [socket.create_connection(("127.0.0.1", server.port)) for _ in bodies]
+    try:
+        for connection, body in zip(connections, bodies, strict=True):
+            payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+            head = (
+                f"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Content-Type: {content_type}\r\nContent-Length: {len(payload)}\r\n\r\n"
+            )
+            connection.sendall(head.encode() + payload)
+        replies = []
+        for connection in connections:
+            response = http.client.HTTPResponse(connection)
+            response.begin()
+            replies.append(Reply(response.status, response.read()))
+        return replies
+    finally:
+        for connection in connections:
+            connection.close()
+
+
+class Reply:
+    def __init__(self, status_code: int, content: bytes) -> None:
+        self.status_code = status_code
+        self.content = content
+
+    def json(self):
+        import json
+
+        return json.loads(self.content)
