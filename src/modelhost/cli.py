@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import logging
-
 import click
 
 from modelhost import __version__
-from modelhost.config import ServeSettings
+from modelhost.config import ServeSettings, configure_logging
 
 
 @click.group()
 @click.version_option(__version__, prog_name="modelhost")
 def main() -> None:
     """Serve MLflow models as REST endpoints."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging()
 
 
 @main.command()

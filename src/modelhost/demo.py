@@ -6,7 +6,7 @@ import logging
 import os
 from pathlib import Path
 
-from modelhost.config import ServeSettings
+from modelhost.config import ServeSettings, configure_logging
 
 log = logging.getLogger("modelhost.demo")
 
@@ -40,9 +40,7 @@ def demo_model(home: Path) -> Path:
 def main() -> None:
     from modelhost.worker.server import serve
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging()
     home = Path(os.environ.get("MODELHOST_HOME", Path.home() / ".modelhost"))
     settings = ServeSettings(
         model_uri=str(demo_model(home)),
