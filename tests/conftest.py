@@ -43,6 +43,7 @@ def model_paths(tmp_path_factory, iris) -> dict[str, Path]:
             "scaled_sum",
             "tensor",
             "fragile",
+            "sleeper",
         )
     }
     classifier = RandomForestClassifier(n_estimators=10, random_state=0).fit(iris, labels)
@@ -92,6 +93,12 @@ def model_paths(tmp_path_factory, iris) -> dict[str, Path]:
         **REQUIREMENTS,
         signature=infer_signature(pd.DataFrame({"x": [1.0]}), np.zeros(1)),
     )
+    mlflow.pyfunc.save_model(
+        paths["sleeper"],
+        python_model=str(TOYS / "sleeper.py"),
+        **REQUIREMENTS,
+        signature=infer_signature(pd.DataFrame({"seconds": [0.1]}), np.zeros(1)),
+    )
     return paths
 
 
@@ -99,7 +106,13 @@ def model_paths(tmp_path_factory, iris) -> dict[str, Path]:
 def servers(model_paths, tmp_path_factory):
     """One `modelhost serve` per toy model, started together."""
     logs = tmp_path_factory.mktemp("logs")
-    running = start_all({name: Server(path, log_dir=logs) for name, path in model_paths.items()})
+    options = {"sleeper": ["--timeout", "1"]}
+    running = start_all(
+        {
+            name: Server(path, *options.get(name, []), log_dir=logs)
+            for name, path in model_paths.items()
+        }
+    )
     yield running
     stop_all(running)
 

@@ -19,7 +19,7 @@ class ServeSettings:
     host: str = "127.0.0.1"
     port: int = 5000
     workers: int = 1
-    max_batch_size: int = 256
+    max_batch_size: int = 2048
     max_batch_delay_ms: float = 2.0
     max_body_mb: float = 16.0
     timeout_s: float = 60.0

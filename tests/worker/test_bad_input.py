@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import time
 
 import httpx
 import pytest
@@ -150,3 +152,25 @@ def test_body_over_the_limit_is_413(small_limit_server):
 def test_default_limit_is_16_mb(servers):
     body = b'{"inputs": "' + b"x" * (16 * 1024 * 1024) + b'"}'
     assert_error(servers["classifier"].invoke(body), 413, str(16 * 1024 * 1024))
+
+
+def test_a_request_past_its_deadline_gets_504_and_the_server_stays_responsive(servers):
+    sleeper = servers["sleeper"]  # started with --timeout 1
+    quick = {"dataframe_split": {"columns": ["seconds"], "data": [[0.05]]}}
+    for _ in range(3):  # slow calls teach the server to keep the model off its event loop
+        assert sleeper.invoke(quick).status_code == 200
+    with httpx.Client(base_url=sleeper.url, timeout=30) as client:
+        stuck = client.build_request(
+            "POST",
+            "/invocations",
+            json={"dataframe_split": {"columns": ["seconds"], "data": [[3]]}},
+        )
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(client.send, stuck)
+            time.sleep(0.3)
+            started = time.monotonic()
+            assert client.get("/ping").status_code == 200
+            assert time.monotonic() - started < 1, "/ping waited for the model"
+            assert_error(pending.result(), 504, "did not answer within 1 s", "--timeout")
+    time.sleep(3)  # the model finishes its long call
+    assert sleeper.invoke(quick).json() == {"predictions": [0.05]}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -173,5 +174,8 @@ def create_app() -> ModelServer:
     """Factory the ASGI server calls in each worker process: load the model, then serve it."""
     settings = ServeSettings.from_env()
     model = ServedModel.load(settings.model_uri, settings.local_path)
+    # What loading made lives as long as the process: keep it out of every garbage collection,
+    # which would otherwise walk MLflow's and pandas' objects on the request path.
+    gc.freeze()
     log.info("Loaded %s; answering on /invocations.", settings.model_uri)
     return ModelServer(model, settings)

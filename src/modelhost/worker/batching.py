@@ -1,12 +1,16 @@
 """Adaptive batching: concurrent requests for the model become one `predict` call.
 
-Predictions run on one thread beside the event loop, so while the model works the loop keeps
-reading requests; when it is free again it takes every compatible request that is waiting (same
-columns and dtypes, same params, up to the row limit) at once. It waits for more, up to the delay
-limit, only while requests that have already arrived are still being read or while fewer are
-waiting than the last batch held (those clients are likely on their way back), so a lone client
-never waits for company. A batch whose output is not one row per input row, or that fails, is scored
+When the model is free, the batcher takes every waiting request that can share a call with the
+oldest one (same columns and types, same params, up to the row limit). It waits for more, up to
+the delay limit, only while requests that have arrived are still being read, or while fewer wait
+than the last batch held (those clients are likely on their way back), so a lone client never
+waits for company. A batch whose output is not one row per input row, or that fails, is scored
 again one request at a time, so a bad request only ever fails itself.
+
+A model whose calls are quick is called on the event loop itself: no thread switch per batch,
+and requests that arrive meanwhile wait in their sockets for the next one. A model whose calls
+take longer is called on a thread of its own, so the server keeps answering health checks and
+request deadlines while it works.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ from modelhost.worker.protocol import ModelInput, Table
 
 log = logging.getLogger("modelhost.worker")
 
+# Calls quicker than this (on average) run on the event loop; slower ones on the thread.
+INLINE_PREDICT_S = 0.02
+
 
 @dataclass(slots=True)
 class _Job:
@@ -38,7 +45,7 @@ class _Job:
 
 
 class Batcher:
-    """Owns the prediction thread; `score()` is the only way to call the model."""
+    """Owns the calls to the model; `score()` is the only way to make one."""
 
     def __init__(
         self,
@@ -57,6 +64,7 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="predict")
         self._row_aligned = True  # until the model answers a batch otherwise
+        self._typical_call_s = INLINE_PREDICT_S  # a moving average; unknown at first
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -93,7 +101,10 @@ class Batcher:
             await self._gather_arrivals(loop)
             batch = self._take()
             self._expected = len(batch)
-            results = await loop.run_in_executor(self._thread, self._score, batch)
+            if self._typical_call_s < INLINE_PREDICT_S:
+                results = self._score(batch)
+            else:
+                results = await loop.run_in_executor(self._thread, self._score, batch)
             for job, result in zip(batch, results, strict=True):
                 if job.answer.done():  # its request timed out or its client left
                     continue
@@ -109,12 +120,12 @@ class Batcher:
             waiting = len(self._waiting)
             for _ in range(2):
                 await asyncio.sleep(0)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
             if len(self._waiting) > waiting:
                 continue  # a burst is coming in: keep taking it
             if not (self._arriving or len(self._waiting) < self._expected):
-                return
-            remaining = deadline - loop.time()
-            if remaining <= 0:
                 return
             self._wakeup.clear()
             try:
@@ -186,7 +197,9 @@ class Batcher:
     def _predict(self, data: Any, rows: int | None, params: dict[str, Any] | None) -> Any:
         started = time.perf_counter()
         predictions = self._model.predict(data, params)
-        self._on_predict(rows or 1, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self._typical_call_s = 0.8 * self._typical_call_s + 0.2 * seconds
+        self._on_predict(rows or 1, seconds)
         return predictions
 
 

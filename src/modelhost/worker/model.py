@@ -31,6 +31,7 @@ class ServedModel:
     metadata: Model
     input_schema: Schema | None
     typed_inputs: bool  # the signature comes from type hints: MLflow passes `inputs` as sent
+    build_input: protocol.FrameBuilder
 
     @classmethod
     def load(cls, uri: str, local_path: str | None = None) -> ServedModel:
@@ -39,7 +40,8 @@ class ServedModel:
         pyfunc = mlflow.pyfunc.load_model(local_path)
         metadata = pyfunc.metadata
         typed = getattr(metadata, "_is_signature_from_type_hint", lambda: False)()
-        return cls(uri, local_path, pyfunc, metadata, metadata.get_input_schema(), typed)
+        schema = metadata.get_input_schema()
+        return cls(uri, local_path, pyfunc, metadata, schema, typed, protocol.FrameBuilder(schema))
 
     def describe(self) -> dict[str, Any]:
         """The signature and input example, as JSON-able values, for /metadata."""
@@ -65,7 +67,7 @@ class ServedModel:
 
     def predict(self, data: Any, params: dict[str, Any] | None) -> Any:
         """Call the model; bad input is InvalidInput, the model's own failure ModelFailed."""
-        data = protocol.build(data, self.input_schema)
+        data = self.build_input(data)
         try:
             return self.pyfunc.predict(data, params=params)
         except MlflowException as e:

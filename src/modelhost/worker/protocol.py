@@ -18,7 +18,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import scoring_server
 from mlflow.pyfunc.utils.serving_data_parser import is_unified_llm_input
-from mlflow.types import Schema
+from mlflow.types import ColSpec, DataType, Schema
 
 from modelhost.errors import InvalidInput, UnsupportedMediaType
 
@@ -61,13 +61,10 @@ class Table:
     # infers the same dtypes for a batch as for each request alone.
     types: tuple[frozenset[type], ...]
 
-    def build(self, schema: Schema | None) -> pd.DataFrame:
-        """The frame MLflow's scoring server would build from these rows."""
-        return _dataframe({"columns": self.columns, "data": self.data}, "split", schema)
-
 
 # The JSON scalars whose column dtype pandas infers the same from any mix of rows.
 _SCALARS = frozenset({int, float, str, bool, type(None)})
+_NUMBERS = frozenset({int, float})
 
 
 def parse(body: bytes, content_type: str | None, model: ServedModel) -> ModelInput:
@@ -86,14 +83,28 @@ def parse(body: bytes, content_type: str | None, model: ServedModel) -> ModelInp
     return model_input
 
 
-def build(data: Any, schema: Schema | None) -> Any:
-    """What `predict` is given: a Table becomes its DataFrame, anything else is ready."""
-    if not isinstance(data, Table):
-        return data
-    try:
-        return data.build(schema)
-    except MlflowException as e:
-        raise InvalidInput(e.message) from None
+class FrameBuilder:
+    """Builds what `predict` is given: a Table becomes the DataFrame MLflow would build."""
+
+    def __init__(self, schema: Schema | None) -> None:
+        self.schema = schema
+        self._doubles = frozenset(
+            spec.name
+            for spec in (schema.inputs if schema is not None and schema.has_input_names() else [])
+            if isinstance(spec, ColSpec) and spec.type == DataType.double
+        )
+
+    def __call__(self, data: Any) -> Any:
+        if not isinstance(data, Table):
+            return data
+        if self._doubles.issuperset(data.columns) and all(t <= _NUMBERS for t in data.types):
+            # MLflow builds the frame and casts each column to float64; numbers go straight
+            # into one float64 array, with the same values, many times faster.
+            return pd.DataFrame(np.array(data.data, dtype=np.float64), columns=data.columns)
+        try:
+            return _dataframe({"columns": data.columns, "data": data.data}, "split", self.schema)
+        except MlflowException as e:
+            raise InvalidInput(e.message) from None
 
 
 def _split_content_type(content_type: str | None) -> tuple[str, dict[str, str]]:

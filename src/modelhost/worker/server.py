@@ -44,6 +44,8 @@ def serve(settings: ServeSettings) -> None:
             loop="uvloop",
             lifespan="on",
             access_log=False,
+            proxy_headers=False,  # client addresses are never used: skip reading them per request
+            server_header=False,
             log_level="info",
             timeout_graceful_shutdown=10,
             backlog=4096,
