@@ -118,7 +118,9 @@ def mlserver_command(model: Path, port: int, workers: int, scratch: Path) -> lis
         # Its gRPC and metrics ports default to fixed numbers that may be taken.
         "grpc_port": free_port(),
         "metrics_port": free_port(),
-        "parallel_workers": workers,
+        # One worker means MLServer's own process predicts, as the other servers' one worker
+        # does; its separate inference pool is for more than one.
+        "parallel_workers": 0 if workers == 1 else workers,
         "debug": False,
     }
     model_settings = {
@@ -137,7 +139,7 @@ def available_servers() -> list[Server]:
         Server("mlflow", "/ping", mlflow_command),
     ]
     if all(importlib.util.find_spec(name) for name in ("mlserver", "mlserver_mlflow")):
-        servers.append(Server("mlserver", "/v2/health/ready", mlserver_command))
+        servers.append(Server("mlserver", "/v2/models/model/ready", mlserver_command))
     else:
         print("note: mlserver and mlserver_mlflow are not installed; skipping MLServer")
     return servers

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 
 from modelhost.config import ServeSettings, configure_logging
@@ -28,12 +29,15 @@ def demo_model(home: Path) -> Path:
     log.info("Training the demo model into %s", path)
     features, species = load_iris(return_X_y=True, as_frame=True)
     forest = RandomForestClassifier(n_estimators=50, random_state=0).fit(features, species)
-    mlflow.sklearn.save_model(
-        forest,
-        path,
-        input_example=features.head(2),
-        skops_trusted_types=["sklearn.tree._tree.Tree"],
-    )
+    with warnings.catch_warnings():
+        # MLflow's hint about integer outputs (the species) does not concern the demo.
+        warnings.simplefilter("ignore")
+        mlflow.sklearn.save_model(
+            forest,
+            path,
+            input_example=features.head(2),
+            skops_trusted_types=["sklearn.tree._tree.Tree"],
+        )
     return path
 
 

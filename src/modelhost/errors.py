@@ -32,6 +32,11 @@ class NotFound(ModelhostError):
     error_code = "RESOURCE_DOES_NOT_EXIST"
 
 
+class MethodNotAllowed(ModelhostError):
+    status = HTTPStatus.METHOD_NOT_ALLOWED
+    error_code = "BAD_REQUEST"
+
+
 class PayloadTooLarge(ModelhostError):
     status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
     error_code = "REQUEST_LIMIT_EXCEEDED"

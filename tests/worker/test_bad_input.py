@@ -116,6 +116,14 @@ def test_model_exception_is_500_and_the_next_request_is_served(servers):
     assert good.json() == {"predictions": [4.0]}
 
 
+def test_predictions_json_cannot_hold_are_500_and_the_next_request_is_served(servers):
+    fragile = servers["fragile"]
+    odd = fragile.invoke({"dataframe_split": {"columns": ["x"], "data": [[13.0]]}})
+    assert_error(odd, 500, "Could not answer with the predictions")
+    good = fragile.invoke({"dataframe_split": {"columns": ["x"], "data": [[1.0]]}})
+    assert good.json() == {"predictions": [2.0]}
+
+
 def test_bad_requests_leave_the_server_serving(servers):
     classifier = servers["classifier"]
     for body in (b"{", b"[]", b'{"inputs": "x"}', b"\x00\x01"):

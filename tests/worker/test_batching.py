@@ -41,12 +41,16 @@ def test_concurrent_answers_equal_unbatched_predictions(servers, model_paths, ir
 
 def test_a_failing_request_fails_alone_in_a_batch(servers):
     xs = [float(i % 7) - (3.0 if i % 10 == 0 else 0.0) for i in range(120)]
+    xs[5::17] = [13.0] * len(xs[5::17])  # predictions JSON cannot hold
     bodies = [{"dataframe_split": {"columns": ["x"], "data": [[x]]}} for x in xs]
     responses = burst(servers["fragile"], bodies)
     for x, response in zip(xs, responses, strict=True):
         if x < 0:
             assert response.status_code == 500
             assert "x must not be negative" in response.json()["message"]
+        elif x == 13:
+            assert response.status_code == 500
+            assert "Could not answer" in response.json()["message"]
         else:
             assert response.status_code == 200
             assert response.json() == {"predictions": [x * 2]}

@@ -14,7 +14,13 @@ import mlflow
 import orjson
 
 from modelhost.config import ServeSettings
-from modelhost.errors import ModelhostError, NotFound, PayloadTooLarge, Timeout
+from modelhost.errors import (
+    MethodNotAllowed,
+    ModelhostError,
+    NotFound,
+    PayloadTooLarge,
+    Timeout,
+)
 from modelhost.worker import metrics, protocol
 from modelhost.worker.batching import Batcher
 from modelhost.worker.model import ServedModel
@@ -76,8 +82,7 @@ class ModelServer:
         if route is None:
             known = {path for _, path in self._routes}
             if scope["path"] in known:
-                error = ModelhostError(f"{scope['method']} is not allowed on {scope['path']}.")
-                error.status, error.error_code = HTTPStatus.METHOD_NOT_ALLOWED, "BAD_REQUEST"
+                error = MethodNotAllowed(f"{scope['method']} is not allowed on {scope['path']}.")
             else:
                 error = NotFound(
                     f"No route {scope['path']}. Score with POST /invocations; see GET /metadata."
@@ -105,6 +110,11 @@ class ModelServer:
                 f"The model did not answer within {self.settings.timeout_s:g} s. Send fewer rows, "
                 "or raise the limit with --timeout."
             )
+            status, answer = error.status, error.body()
+            metrics.errors.labels(error.error_code).inc()
+        except Exception as e:  # a bug of ours or a library's: say so, keep serving
+            log.exception("Scoring a request failed unexpectedly")
+            error = ModelhostError(f"Scoring failed unexpectedly: {type(e).__name__}: {e}")
             status, answer = error.status, error.body()
             metrics.errors.labels(error.error_code).inc()
         await _respond(send, status, answer)

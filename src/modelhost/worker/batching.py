@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from modelhost.errors import ModelhostError
+from modelhost.errors import ModelFailed, ModelhostError
 from modelhost.worker.model import ServedModel, render
 from modelhost.worker.protocol import ModelInput, Table
 
@@ -161,7 +161,7 @@ class Batcher:
         if len(batch) > 1:
             try:
                 return self._score_together(batch)
-            except ModelhostError:
+            except Exception:
                 pass  # score them one by one below, so only the culprit fails
         return [self._score_one(job.model_input) for job in batch]
 
@@ -171,6 +171,9 @@ class Batcher:
             return render(predictions, model_input.wrapped)
         except ModelhostError as e:
             return e
+        except Exception as e:  # e.g. predictions JSON cannot express: fail this request only
+            log.exception("Could not answer a request to %s", self._model.uri)
+            return ModelFailed(f"Could not answer with the predictions: {type(e).__name__}: {e}")
 
     def _score_together(self, batch: list[_Job]) -> list[bytes | ModelhostError]:
         inputs = [job.model_input for job in batch]

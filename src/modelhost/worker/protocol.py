@@ -169,12 +169,17 @@ def _is_mlflow_body(value: Any) -> bool:
     return isinstance(value, dict) and any(key in value for key in MLFLOW_KEYS)
 
 
-def _parse_mlflow(value: dict, model: ServedModel) -> ModelInput:
+def _params(value: dict) -> dict[str, Any] | None:
     params = value.get("params")
     if params is not None and not isinstance(params, dict):
         raise InvalidInput(
             f"'params' must be a JSON object of parameter names to values, got {params!r}."
         )
+    return params
+
+
+def _parse_mlflow(value: dict, model: ServedModel) -> ModelInput:
+    params = _params(value)
     input_keys = [key for key in MLFLOW_KEYS if key in value]
     if len(input_keys) != 1 and not is_unified_llm_input(value):
         raise InvalidInput(f"Got the fields {sorted(value)}. {EXPECTED_JSON}")
@@ -196,7 +201,7 @@ def _parse_azure(value: dict, model: ServedModel) -> ModelInput:
         )
     data = value["input_data"]
     if isinstance(data, dict) and "data" in data and set(data) <= {"columns", "index", "data"}:
-        return ModelInput(_frame(data, "split", model), value.get("params"), wrapped=False)
+        return ModelInput(_frame(data, "split", model), _params(value), wrapped=False)
     parsed = _parse_mlflow({"inputs": data, "params": value.get("params")}, model)
     parsed.wrapped = False
     return parsed
@@ -215,7 +220,7 @@ def _table(value: Any, orient: str) -> Table | None:
         columns, data = value["columns"], value["data"]
         if not (isinstance(columns, list) and isinstance(data, list)):
             return None
-        if value.get("index", _positions(data)) != _positions(data):
+        if value.get("index", positions := _positions(data)) != positions:
             return None  # a meaningful index must reach the model as sent
         if not all(isinstance(row, list) and len(row) == len(columns) for row in data):
             return None

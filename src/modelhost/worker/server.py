@@ -18,7 +18,7 @@ log = logging.getLogger("modelhost.worker")
 
 def serve(settings: ServeSettings) -> None:
     """Serve one model until interrupted."""
-    log.info("Downloading %s", settings.model_uri)
+    log.info("Fetching the artifacts of %s", settings.model_uri)
     settings = dataclasses.replace(settings, local_path=download(settings.model_uri))
     settings.export()
     metrics_dir = None
