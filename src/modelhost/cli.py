@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from modelhost import __version__
-from modelhost.config import ServeSettings, configure_logging
+from modelhost.config import ServeSettings, UpSettings, configure_logging, default_home
 
 
 @click.group()
@@ -86,3 +88,41 @@ def serve(**options: object) -> None:
         run(ServeSettings(**options))  # type: ignore[arg-type]
     except MlflowException as e:
         raise click.ClickException(f"Cannot serve {options['model_uri']}: {e.message}") from None
+
+
+@main.command()
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=default_home,
+    envvar="MODELHOST_HOME",
+    show_default="~/.modelhost",
+    help="Where the embedded registry, its artifacts and modelhost's state live.",
+)
+@click.option("--host", default=UpSettings.host, envvar="MODELHOST_HOST", show_default=True)
+@click.option(
+    "--port",
+    default=UpSettings.port,
+    envvar="MODELHOST_PORT",
+    show_default=True,
+    type=click.IntRange(0, 65535),
+)
+@click.option(
+    "--registry-uri",
+    default=None,
+    envvar="MODELHOST_REGISTRY_URI",
+    help="An existing MLflow registry (http(s):// server or database URI); "
+    "default: an embedded one under the home.",
+)
+@click.option(
+    "--demo",
+    is_flag=True,
+    default=False,
+    envvar="MODELHOST_DEMO",
+    help="Register an example model.",
+)
+def up(**options: object) -> None:
+    """Run modelhost: the MLflow registry and the gateway in front of it, on one port."""
+    from modelhost.up import run
+
+    run(UpSettings(**options))  # type: ignore[arg-type]

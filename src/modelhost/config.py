@@ -7,6 +7,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 MIB = 1024 * 1024
 
@@ -42,6 +43,21 @@ class ServeSettings:
             return cls(**json.loads(os.environ[cls.ENV]))
         except KeyError:
             raise RuntimeError(f"{cls.ENV} is not set: start with `modelhost serve`.") from None
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("MODELHOST_HOME", Path.home() / ".modelhost"))
+
+
+@dataclass(frozen=True)
+class UpSettings:
+    """How `modelhost up` runs the platform."""
+
+    home: Path
+    host: str = "127.0.0.1"
+    port: int = 8080
+    registry_uri: str | None = None  # None: an embedded registry under the home
+    demo: bool = False
 
 
 def configure_logging() -> None:

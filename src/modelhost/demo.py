@@ -7,7 +7,7 @@ import os
 import warnings
 from pathlib import Path
 
-from modelhost.config import ServeSettings, configure_logging
+from modelhost.config import ServeSettings, configure_logging, default_home
 
 log = logging.getLogger("modelhost.demo")
 
@@ -17,18 +17,26 @@ ONE_FLOWER = (
 )
 
 
+DEMO_MODEL_NAME = "iris-demo"
+
+
+def _train():
+    from sklearn.datasets import load_iris
+    from sklearn.ensemble import RandomForestClassifier
+
+    features, species = load_iris(return_X_y=True, as_frame=True)
+    return features, RandomForestClassifier(n_estimators=50, random_state=0).fit(features, species)
+
+
 def demo_model(home: Path) -> Path:
     """Train and save the demo model under `home` once; later calls reuse it."""
     path = home / "demo" / "iris-forest"
     if (path / "MLmodel").exists():
         return path
     import mlflow
-    from sklearn.datasets import load_iris
-    from sklearn.ensemble import RandomForestClassifier
 
     log.info("Training the demo model into %s", path)
-    features, species = load_iris(return_X_y=True, as_frame=True)
-    forest = RandomForestClassifier(n_estimators=50, random_state=0).fit(features, species)
+    features, forest = _train()
     with warnings.catch_warnings():
         # MLflow's hint about integer outputs (the species) does not concern the demo.
         warnings.simplefilter("ignore")
@@ -41,11 +49,35 @@ def demo_model(home: Path) -> Path:
     return path
 
 
+def register_demo(tracking_uri: str) -> None:
+    """Log the demo model and register it as `iris-demo`, unless the registry has it."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    if client.search_registered_models(f"name = '{DEMO_MODEL_NAME}'"):
+        log.info("The registry already has the demo model %s", DEMO_MODEL_NAME)
+        return
+    log.info("Registering the demo model %s", DEMO_MODEL_NAME)
+    features, forest = _train()
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment("modelhost-demo")
+    with mlflow.start_run(run_name="iris-forest"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlflow.sklearn.log_model(
+            forest,
+            name="model",
+            input_example=features.head(2),
+            registered_model_name=DEMO_MODEL_NAME,
+            skops_trusted_types=["sklearn.tree._tree.Tree"],
+        )
+
+
 def main() -> None:
     from modelhost.worker.server import serve
 
     configure_logging()
-    home = Path(os.environ.get("MODELHOST_HOME", Path.home() / ".modelhost"))
+    home = default_home()
     settings = ServeSettings(
         model_uri=str(demo_model(home)),
         port=int(os.environ.get("MODELHOST_PORT", ServeSettings.port)),

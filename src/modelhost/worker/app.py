@@ -6,13 +6,12 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import Any
 
 import mlflow
 import orjson
 
+from modelhost.asgi import Receive, Scope, Send, respond
 from modelhost.config import ServeSettings
 from modelhost.errors import (
     MethodNotAllowed,
@@ -27,11 +26,6 @@ from modelhost.worker.model import ServedModel
 
 log = logging.getLogger("modelhost.worker")
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-JSON_TYPE = b"application/json"
 # Bodies larger than this are parsed off the event loop so they do not stall other requests.
 PARSE_INLINE_BYTES = 64 * 1024
 
@@ -87,7 +81,7 @@ class ModelServer:
                 error = NotFound(
                     f"No route {scope['path']}. Score with POST /invocations; see GET /metadata."
                 )
-            await _respond(send, error.status, error.body())
+            await respond(send, error.status, error.body())
             return
         await route(scope, receive, send)
 
@@ -117,7 +111,7 @@ class ModelServer:
             error = ModelhostError(f"Scoring failed unexpectedly: {type(e).__name__}: {e}")
             status, answer = error.status, error.body()
             metrics.errors.labels(error.error_code).inc()
-        await _respond(send, status, answer)
+        await respond(send, status, answer)
         metrics.requests.labels(int(status)).inc()
         metrics.latency.observe(time.perf_counter() - started)
 
@@ -128,21 +122,21 @@ class ModelServer:
         return await asyncio.to_thread(protocol.parse, *args)
 
     async def _ping(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await _respond(send, HTTPStatus.OK, b"\n")
+        await respond(send, HTTPStatus.OK, b"\n")
 
     async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await _respond(send, HTTPStatus.OK, b'{"status": "READY"}')
+        await respond(send, HTTPStatus.OK, b'{"status": "READY"}')
 
     async def _version(self, scope: Scope, receive: Receive, send: Send) -> None:
         # As `mlflow models serve` answers: the MLflow version, for clients that check it.
-        await _respond(send, HTTPStatus.OK, mlflow.__version__.encode())
+        await respond(send, HTTPStatus.OK, mlflow.__version__.encode())
 
     async def _describe(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await _respond(send, HTTPStatus.OK, self._metadata)
+        await respond(send, HTTPStatus.OK, self._metadata)
 
     async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
         text, content_type = metrics.exposition()
-        await _respond(send, HTTPStatus.OK, text, content_type.encode())
+        await respond(send, HTTPStatus.OK, text, content_type.encode())
 
 
 async def _read_body(headers: dict[bytes, bytes], receive: Receive, limit: int) -> bytes:
@@ -164,20 +158,6 @@ async def _read_body(headers: dict[bytes, bytes], receive: Receive, limit: int) 
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks) if len(chunks) != 1 else chunks[0]
-
-
-async def _respond(send: Send, status: int, body: bytes, content_type: bytes = JSON_TYPE) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": int(status),
-            "headers": [
-                (b"content-type", content_type),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 def create_app() -> ModelServer:

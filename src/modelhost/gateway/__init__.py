@@ -1,0 +1,1 @@
+"""The gateway: one port for the registry, the serving control API and every served model."""

@@ -1,0 +1,1 @@
+"""The model registry: MLflow's own, embedded or reached by URI."""

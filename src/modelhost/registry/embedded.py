@@ -1,0 +1,94 @@
+"""MLflow's tracking server, run by modelhost with its store and artifacts under the home."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+log = logging.getLogger("modelhost.registry")
+
+START_TIMEOUT_S = 120.0
+STOP_GRACE_S = 10.0
+
+
+class EmbeddedRegistry:
+    """A `mlflow server` on a private loopback port, its artifacts served by it.
+
+    Its store is SQLite under the home unless `backend_store_uri` names another database.
+    """
+
+    def __init__(self, home: Path, backend_store_uri: str | None = None) -> None:
+        self.folder = home / "registry"
+        self.backend_store_uri = backend_store_uri or f"sqlite:///{self.folder / 'mlflow.db'}"
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> str:
+        """Start the server and wait until it answers; returns its URL."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        command = [
+            sys.executable, "-m", "mlflow", "server",
+            "--backend-store-uri", self.backend_store_uri,
+            "--serve-artifacts", "--artifacts-destination", str(self.folder / "artifacts"),
+            "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+        ]  # fmt: skip
+        # MLflow starts its ASGI server by name: let it find the one beside this Python.
+        env = {
+            **os.environ,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        }
+        log.info("Starting the embedded MLflow registry in %s", self.folder)
+        with open(self.folder / "server.log", "ab") as output:
+            self._process = subprocess.Popen(
+                command, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=env, start_new_session=True,
+            )  # fmt: skip
+        self._wait_ready()
+        log.info("The registry answers on %s", self.url)
+        return self.url
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._process is None or self._process.poll() is not None:
+                raise RuntimeError(
+                    f"The MLflow registry exited while starting; see {self.folder / 'server.log'}."
+                )
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(
+            f"The MLflow registry did not answer within {START_TIMEOUT_S:g} s; "
+            f"see {self.folder / 'server.log'}."
+        )
+
+    def stop(self) -> None:
+        """Stop the server and every process it started."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

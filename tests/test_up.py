@@ -1,0 +1,147 @@
+"""`modelhost up`: MLflow's own client logs, registers and loads models through the gateway."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import mlflow
+import pytest
+from mlflow import MlflowClient
+from sklearn.linear_model import LogisticRegression
+from support import free_port
+
+START_TIMEOUT_S = 180
+
+
+class Platform:
+    """`modelhost up` in a subprocess with its own home."""
+
+    def __init__(self, home, *options: str) -> None:
+        self.home = home
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.args = [sys.executable, "-m", "modelhost", "up", "--home", str(home),
+                     "--port", str(self.port), *options]  # fmt: skip
+        self.log_path = home.parent / f"up-{self.port}.log"
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> Platform:
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                self.args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log_path.read_text()
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        self.__exit__()
+        raise AssertionError(f"modelhost up did not become healthy:\n{self.log_path.read_text()}")
+
+    def __exit__(self, *_) -> None:
+        """Ctrl-C, as a user stops it; then check nothing it started is left."""
+        os.kill(self.process.pid, signal.SIGINT)
+        try:
+            self.process.wait(timeout=30)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+        leftovers = subprocess.run(
+            ["pgrep", "-f", f"mlflow.*{self.home}"], capture_output=True, text=True
+        ).stdout
+        assert leftovers == "", f"still running after Ctrl-C: {leftovers}"
+
+
+@pytest.fixture
+def tracking_uri():
+    yield
+    mlflow.set_tracking_uri(None)
+
+
+def test_mlflow_client_registers_and_loads_through_the_gateway(tmp_path, iris, tracking_uri):
+    labels = [0, 1, 2] * 50
+    with Platform(tmp_path / "home") as platform:
+        mlflow.set_tracking_uri(platform.url)
+        mlflow.set_experiment("iris")
+        model = LogisticRegression(max_iter=1000).fit(iris, labels)
+        with mlflow.start_run():
+            info = mlflow.sklearn.log_model(
+                model, name="model", input_example=iris.head(2), registered_model_name="iris",
+                pip_requirements=["mlflow", "scikit-learn"],
+            )  # fmt: skip
+        client = MlflowClient()
+        client.set_registered_model_alias("iris", "champion", "1")
+        assert client.get_model_version_by_alias("iris", "champion").version == "1"
+        loaded = mlflow.pyfunc.load_model("models:/iris@champion")
+        assert loaded.predict(iris.head(5)).tolist() == model.predict(iris.head(5)).tolist()
+        # The artifacts live under the home, uploaded through the gateway.
+        artifacts = list((tmp_path / "home" / "registry" / "artifacts").rglob("MLmodel"))
+        assert artifacts, "no model artifacts were stored under the home"
+        assert str(info.registered_model_version) == "1"
+
+        missing = httpx.get(f"{platform.url}/no/such/route")
+        assert missing.status_code == 404
+        assert missing.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
+
+    # A restart on the same home finds what was registered.
+    with Platform(tmp_path / "home") as platform:
+        mlflow.set_tracking_uri(platform.url)
+        versions = MlflowClient().search_model_versions("name='iris'")
+        assert [v.version for v in versions] == ["1"]
+
+
+def test_demo_registers_an_example_model_once(tmp_path, iris, tracking_uri):
+    for _ in range(2):  # the second start finds it there
+        with Platform(tmp_path / "home", "--demo") as platform:
+            mlflow.set_tracking_uri(platform.url)
+            versions = MlflowClient().search_model_versions("name='iris-demo'")
+            assert [v.version for v in versions] == ["1"]
+            model = mlflow.pyfunc.load_model("models:/iris-demo/1")
+            assert model.predict(iris.head(1)).tolist() == [0]
+
+
+def test_a_database_registry_uri_is_served_through_the_gateway(tmp_path, tracking_uri):
+    database = f"sqlite:///{tmp_path / 'existing.db'}"
+    mlflow.set_tracking_uri(database)
+    MlflowClient().create_registered_model("already-there")
+    with Platform(tmp_path / "home", "--registry-uri", database) as platform:
+        mlflow.set_tracking_uri(platform.url)
+        names = [m.name for m in MlflowClient().search_registered_models()]
+        assert names == ["already-there"]
+
+
+def test_health_says_when_the_registry_is_unreachable(tmp_path):
+    dead = f"http://127.0.0.1:{free_port()}"
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "modelhost", "up", "--home", str(tmp_path), "--port", str(port),
+         "--registry-uri", dead],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline
+                time.sleep(0.3)
+        assert health.status_code == 503
+        assert health.json()["status"] == "REGISTRY_UNREACHABLE"
+        proxied = httpx.get(f"http://127.0.0.1:{port}/api/2.0/mlflow/registered-models/search")
+        assert proxied.status_code == 503
+        assert "did not answer" in proxied.json()["message"]
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
