@@ -126,3 +126,26 @@ def up(**options: object) -> None:
     from modelhost.up import run
 
     run(UpSettings(**options))  # type: ignore[arg-type]
+
+
+@main.command(hidden=True)
+@click.option("--host", default=ServeSettings.host, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), required=True)
+@click.option("--max-batch-size", default=ServeSettings.max_batch_size, type=click.IntRange(min=1))
+@click.option(
+    "--max-batch-delay-ms", default=ServeSettings.max_batch_delay_ms, type=click.FloatRange(min=0)
+)
+@click.option(
+    "--max-body-mb", default=ServeSettings.max_body_mb, type=click.FloatRange(min=0, min_open=True)
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    default=ServeSettings.timeout_s,
+    type=click.FloatRange(min=0, min_open=True),
+)
+def worker(**options: object) -> None:
+    """A model server of the platform: holds the versions of one model, as `up` tells it."""
+    from modelhost.worker.server import serve_versions
+
+    serve_versions(ServeSettings(model_uri="", **options))  # type: ignore[arg-type]

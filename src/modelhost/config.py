@@ -14,9 +14,9 @@ MIB = 1024 * 1024
 
 @dataclass(frozen=True)
 class ServeSettings:
-    """How `modelhost serve` serves one model."""
+    """How a model server serves: one model (`modelhost serve`) or versions of one (platform)."""
 
-    model_uri: str
+    model_uri: str  # the model of `modelhost serve`; empty for a platform server
     host: str = "127.0.0.1"
     port: int = 5000
     workers: int = 1

@@ -37,6 +37,11 @@ class MethodNotAllowed(ModelhostError):
     error_code = "BAD_REQUEST"
 
 
+class Conflict(ModelhostError):
+    status = HTTPStatus.CONFLICT
+    error_code = "RESOURCE_ALREADY_EXISTS"
+
+
 class PayloadTooLarge(ModelhostError):
     status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
     error_code = "REQUEST_LIMIT_EXCEEDED"

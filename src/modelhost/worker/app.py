@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import time
 from http import HTTPStatus
@@ -14,38 +13,53 @@ import orjson
 from modelhost.asgi import Receive, Scope, Send, respond
 from modelhost.config import ServeSettings
 from modelhost.errors import (
+    InvalidInput,
     MethodNotAllowed,
     ModelhostError,
     NotFound,
+    NotReady,
     PayloadTooLarge,
     Timeout,
 )
 from modelhost.worker import metrics, protocol
-from modelhost.worker.batching import Batcher
 from modelhost.worker.model import ServedModel
+from modelhost.worker.versions import Version, Versions, VersionState
 
 log = logging.getLogger("modelhost.worker")
 
+# The one model of `modelhost serve` is held as a version of this name.
+DEFAULT_VERSION = "model"
 # Bodies larger than this are parsed off the event loop so they do not stall other requests.
 PARSE_INLINE_BYTES = 64 * 1024
 
 
 class ModelServer:
-    """Routes /invocations, /ping, /health, /version, /metadata and /metrics for one model."""
+    """One server's routes: /invocations for its model, or /versions/<v>/... for many.
 
-    def __init__(self, model: ServedModel, settings: ServeSettings) -> None:
-        self.model = model
+    `modelhost serve` holds one model, answered at /invocations and /metadata. A platform
+    server (`control=True`) holds the versions of one registered model, each answered at
+    /versions/<v>/invocations and /versions/<v>/metadata, and is told which to hold with
+    PUT and DELETE /versions/<v>; GET /versions lists them with their states.
+    """
+
+    def __init__(
+        self, settings: ServeSettings, versions: Versions, default: str | None, control: bool
+    ) -> None:
         self.settings = settings
-        self.batcher: Batcher | None = None
-        self._metadata = orjson.dumps(model.describe(), option=orjson.OPT_NON_STR_KEYS)
+        self.versions = versions
+        self.default = default  # the version /invocations answers, in `modelhost serve`
+        self.control = control
         self._routes = {
-            ("POST", "/invocations"): self._invocations,
             ("GET", "/ping"): self._ping,
             ("GET", "/health"): self._health,
             ("GET", "/version"): self._version,
-            ("GET", "/metadata"): self._describe,
             ("GET", "/metrics"): self._metrics,
         }
+        if default is not None:
+            self._routes[("POST", "/invocations")] = self._invocations
+            self._routes[("GET", "/metadata")] = self._describe
+        if control:
+            self._routes[("GET", "/versions")] = self._list
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -57,47 +71,76 @@ class ModelServer:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                self.batcher = Batcher(
-                    self.model,
-                    self.settings.max_batch_size,
-                    self.settings.max_batch_delay_ms / 1000,
-                    metrics.observe_predict,
-                )
-                self.batcher.start()
+                await self.versions.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                if self.batcher:
-                    await self.batcher.stop()
+                await self.versions.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = self._routes.get((scope["method"], scope["path"]))
-        if route is None:
-            known = {path for _, path in self._routes}
-            if scope["path"] in known:
-                error = MethodNotAllowed(f"{scope['method']} is not allowed on {scope['path']}.")
-            else:
-                error = NotFound(
-                    f"No route {scope['path']}. Score with POST /invocations; see GET /metadata."
-                )
+        method, path = scope["method"], scope["path"]
+        route = self._routes.get((method, path))
+        if route is not None:
+            await route(scope, receive, send)
+        elif self.control and path.startswith("/versions/"):
+            await self._version_route(scope, receive, send)
+        elif any(known == path for _, known in self._routes):
+            error = MethodNotAllowed(f"{method} is not allowed on {path}.")
             await respond(send, error.status, error.body())
-            return
-        await route(scope, receive, send)
+        else:
+            hint = "POST /invocations; see GET /metadata" if self.default else "GET /versions"
+            error = NotFound(f"No route {path}. Try {hint}.")
+            await respond(send, error.status, error.body())
 
-    async def _invocations(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _version_route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        name, _, rest = scope["path"].removeprefix("/versions/").partition("/")
+        method = scope["method"]
+        if (method, rest) == ("POST", "invocations"):
+            await self._invocations(scope, receive, send, name)
+        elif (method, rest) == ("GET", "metadata"):
+            await self._describe(scope, receive, send, name)
+        elif (method, rest) == ("PUT", ""):
+            await self._load(name, receive, send)
+        elif (method, rest) == ("DELETE", ""):
+            await self._unload(name, send)
+        elif (method, rest) == ("GET", ""):
+            await self._show(name, send)
+        else:
+            error = NotFound(f"No route {method} {scope['path']}.")
+            await respond(send, error.status, error.body())
+
+    def _ready(self, name: str | None) -> Version:
+        """The version to score with, or the error that says why it cannot."""
+        version = self.versions.get(name) if name is not None else None
+        if version is None:
+            raise NotFound(f"This server holds no version {name!r}.")
+        if version.state == VersionState.LOADING:
+            raise NotReady(f"Version {name} is still loading; send again shortly.")
+        if version.state == VersionState.FAILED:
+            raise NotReady(f"Version {name} failed to load: {version.message}")
+        return version
+
+    async def _invocations(
+        self, scope: Scope, receive: Receive, send: Send, name: str | None = None
+    ) -> None:
         started = time.perf_counter()
-        assert self.batcher is not None, "lifespan startup has run"
+        headers: tuple[tuple[bytes, bytes], ...] = ()
         try:
-            with self.batcher.arriving():
-                headers = dict(scope["headers"])
-                body = await _read_body(headers, receive, self.settings.max_body_bytes)
-                model_input = await self._parse(body, headers.get(b"content-type"))
+            version = self._ready(name or self.default)
+            batcher, model = version.batcher, version.model
+            assert batcher is not None and model is not None, "a ready version has both"
+            with batcher.arriving():
+                request_headers = dict(scope["headers"])
+                body = await _read_body(request_headers, receive, self.settings.max_body_bytes)
+                model_input = await _parse(body, request_headers.get(b"content-type"), model)
             async with asyncio.timeout(self.settings.timeout_s):
-                answer = await self.batcher.score(model_input)
+                answer = await batcher.score(model_input)
             status = HTTPStatus.OK
         except ModelhostError as e:
             status, answer = e.status, e.body()
+            if isinstance(e, NotReady):
+                headers = ((b"retry-after", b"1"),)
             metrics.errors.labels(e.error_code).inc()
         except TimeoutError:
             error = Timeout(
@@ -111,15 +154,55 @@ class ModelServer:
             error = ModelhostError(f"Scoring failed unexpectedly: {type(e).__name__}: {e}")
             status, answer = error.status, error.body()
             metrics.errors.labels(error.error_code).inc()
-        await respond(send, status, answer)
+        await respond(send, status, answer, headers=headers)
         metrics.requests.labels(int(status)).inc()
         metrics.latency.observe(time.perf_counter() - started)
 
-    async def _parse(self, body: bytes, content_type: bytes | None) -> protocol.ModelInput:
-        args = (body, content_type.decode("latin-1") if content_type else None, self.model)
-        if len(body) <= PARSE_INLINE_BYTES:
-            return protocol.parse(*args)
-        return await asyncio.to_thread(protocol.parse, *args)
+    async def _describe(
+        self, scope: Scope, receive: Receive, send: Send, name: str | None = None
+    ) -> None:
+        try:
+            version = self._ready(name or self.default)
+        except ModelhostError as e:
+            await respond(send, e.status, e.body())
+            return
+        await respond(send, HTTPStatus.OK, version.metadata)
+
+    async def _load(self, name: str, receive: Receive, send: Send) -> None:
+        body = await _read_body({}, receive, 64 * 1024)
+        try:
+            request = orjson.loads(body)
+            model_uri = request["model_uri"]
+            if not isinstance(model_uri, str) or not model_uri:
+                raise ValueError
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            error = InvalidInput('Send {"model_uri": "<any URI the MLflow client resolves>"}.')
+            await respond(send, error.status, error.body())
+            return
+        try:
+            version = self.versions.load(name, model_uri)
+        except ModelhostError as e:
+            await respond(send, e.status, e.body())
+            return
+        await respond(send, HTTPStatus.ACCEPTED, orjson.dumps(version.describe()))
+
+    async def _unload(self, name: str, send: Send) -> None:
+        if await self.versions.unload(name):
+            await respond(send, HTTPStatus.OK, b"{}")
+        else:
+            error = NotFound(f"This server holds no version {name!r}.")
+            await respond(send, error.status, error.body())
+
+    async def _show(self, name: str, send: Send) -> None:
+        version = self.versions.get(name)
+        if version is None:
+            error = NotFound(f"This server holds no version {name!r}.")
+            await respond(send, error.status, error.body())
+            return
+        await respond(send, HTTPStatus.OK, orjson.dumps(version.describe()))
+
+    async def _list(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await respond(send, HTTPStatus.OK, orjson.dumps({"versions": self.versions.describe()}))
 
     async def _ping(self, scope: Scope, receive: Receive, send: Send) -> None:
         await respond(send, HTTPStatus.OK, b"\n")
@@ -131,12 +214,18 @@ class ModelServer:
         # As `mlflow models serve` answers: the MLflow version, for clients that check it.
         await respond(send, HTTPStatus.OK, mlflow.__version__.encode())
 
-    async def _describe(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await respond(send, HTTPStatus.OK, self._metadata)
-
     async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
         text, content_type = metrics.exposition()
         await respond(send, HTTPStatus.OK, text, content_type.encode())
+
+
+async def _parse(
+    body: bytes, content_type: bytes | None, model: ServedModel
+) -> protocol.ModelInput:
+    args = (body, content_type.decode("latin-1") if content_type else None, model)
+    if len(body) <= PARSE_INLINE_BYTES:
+        return protocol.parse(*args)
+    return await asyncio.to_thread(protocol.parse, *args)
 
 
 async def _read_body(headers: dict[bytes, bytes], receive: Receive, limit: int) -> bytes:
@@ -163,9 +252,13 @@ async def _read_body(headers: dict[bytes, bytes], receive: Receive, limit: int) 
 def create_app() -> ModelServer:
     """Factory the ASGI server calls in each worker process: load the model, then serve it."""
     settings = ServeSettings.from_env()
-    model = ServedModel.load(settings.model_uri, settings.local_path)
-    # What loading made lives as long as the process: keep it out of every garbage collection,
-    # which would otherwise walk MLflow's and pandas' objects on the request path.
-    gc.freeze()
+    versions = Versions(settings)
+    versions.adopt(DEFAULT_VERSION, ServedModel.load(settings.model_uri, settings.local_path))
     log.info("Loaded %s; answering on /invocations.", settings.model_uri)
-    return ModelServer(model, settings)
+    return ModelServer(settings, versions, default=DEFAULT_VERSION, control=False)
+
+
+def create_platform_app() -> ModelServer:
+    """Factory for a platform server: it starts empty and loads the versions it is told to."""
+    settings = ServeSettings.from_env()
+    return ModelServer(settings, Versions(settings), default=None, control=True)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from modelhost.errors import ModelFailed, ModelhostError
+from modelhost.errors import ModelFailed, ModelhostError, NotReady
 from modelhost.worker.model import ServedModel, render
 from modelhost.worker.protocol import ModelInput, Table
 
@@ -71,10 +71,15 @@ class Batcher:
         self._task = asyncio.create_task(self._run(), name="batcher")
 
     async def stop(self) -> None:
+        """Stop calling the model; requests still waiting are told the version is gone."""
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         self._thread.shutdown(wait=False, cancel_futures=True)
+        while self._waiting:
+            job = self._waiting.popleft()
+            if not job.answer.done():
+                job.answer.set_exception(NotReady("The model version was unloaded; send again."))
 
     @contextmanager
     def arriving(self) -> Iterator[None]:
