@@ -25,6 +25,8 @@ _fallback = NumpyEncoder().default  # MLflow's own rendering of bytes, dates and
 
 @dataclass
 class ServedModel:
+    """A loaded pyfunc model with what scoring needs to know about it."""
+
     uri: str
     local_path: str
     pyfunc: PyFuncModel
