@@ -7,6 +7,8 @@ import logging
 import uvicorn
 
 from modelhost.config import UpSettings
+from modelhost.control.controller import Controller
+from modelhost.control.store import StateStore
 from modelhost.gateway.app import Gateway
 from modelhost.registry.embedded import EmbeddedRegistry
 
@@ -32,8 +34,9 @@ def run(settings: UpSettings) -> None:
             register_demo(registry_url)
         url = f"http://{settings.host}:{settings.port}"
         log.info("modelhost is up on %s; point MLflow at it: MLFLOW_TRACKING_URI=%s", url, url)
+        controller = Controller(registry_url, StateStore.in_home(settings.home), settings.home)
         uvicorn.run(
-            Gateway(registry_url),
+            Gateway(registry_url, controller),
             host=settings.host,
             port=settings.port,
             http="httptools",

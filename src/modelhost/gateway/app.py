@@ -1,7 +1,8 @@
-"""The gateway's routes. Today: the registry behind it and its health; serving comes next."""
+"""The gateway's routes: served models, the serving control API, the registry, health."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from http import HTTPStatus
 
@@ -9,8 +10,11 @@ import httpx
 import orjson
 
 from modelhost.asgi import Receive, Scope, Send, respond
-from modelhost.errors import NotFound
+from modelhost.control.controller import Controller
+from modelhost.errors import ModelhostError, NotFound, NotReady
 from modelhost.gateway.proxy import Upstream
+from modelhost.gateway.serving import PREFIXES as SERVING_PREFIXES
+from modelhost.gateway.serving import ServingAPI
 
 log = logging.getLogger("modelhost.gateway")
 
@@ -26,9 +30,13 @@ REGISTRY_PREFIXES = (
 class Gateway:
     """The ASGI app behind modelhost's one port."""
 
-    def __init__(self, registry_url: str) -> None:
+    def __init__(self, registry_url: str, controller: Controller) -> None:
         self.registry_url = registry_url
+        self.controller = controller
+        self.serving_api = ServingAPI(controller)
         self._registry: Upstream | None = None
+        self._model_servers: dict[int, Upstream] = {}
+        self._controlling: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -41,16 +49,26 @@ class Gateway:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 self._registry = Upstream(self.registry_url)
+                self._controlling = asyncio.create_task(self.controller.run(), name="controller")
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                if self._registry:
-                    await self._registry.close()
+                if self._controlling:
+                    self._controlling.cancel()
+                await self.controller.stop()
+                for upstream in [self._registry, *self._model_servers.values()]:
+                    if upstream:
+                        await upstream.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
-        if path.startswith(REGISTRY_PREFIXES):
+        if path.startswith("/model/") and path.endswith("/invocations"):
+            await self._score(scope, receive, send)
+        elif path.startswith(SERVING_PREFIXES):
+            action = path.split("/")[-1]
+            await self.serving_api(scope, receive, send, action)
+        elif path.startswith(REGISTRY_PREFIXES):
             assert self._registry is not None, "lifespan startup has run"
             await self._registry.forward(scope, receive, send)
         elif path == "/health":
@@ -58,6 +76,29 @@ class Gateway:
         else:
             error = NotFound(f"No route {path}.")
             await respond(send, error.status, error.body())
+
+    async def _score(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """/model/<name>/<version | stage | alias>/invocations, to the model's server."""
+        name, _, ref = scope["path"][len("/model/") : -len("/invocations")].rpartition("/")
+        routes = self.controller.routes.get(name)
+        version = routes.resolve(ref) if routes else None
+        if routes is None or version is None:
+            error: ModelhostError = NotFound(
+                f"No served model '{name}' with a version, stage or alias '{ref}'."
+            )
+            await respond(send, error.status, error.body())
+            return
+        state = routes.versions.get(version, {}).get("state")
+        if routes.port is None or state != "VERSION_STATE_READY":
+            error = NotReady(f"Version {version} of '{name}' is not ready yet; send again shortly.")
+            await respond(send, error.status, error.body(), headers=((b"retry-after", b"1"),))
+            return
+        upstream = self._model_servers.get(routes.port)
+        if upstream is None:
+            upstream = self._model_servers[routes.port] = Upstream(
+                f"http://127.0.0.1:{routes.port}"
+            )
+        await upstream.forward(scope, receive, send, f"/versions/{version}/invocations")
 
     async def _health(self, send: Send) -> None:
         """Ready when the registry answers."""

@@ -38,9 +38,11 @@ class Upstream:
     async def close(self) -> None:
         await self._client.aclose()
 
-    async def forward(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Send the request upstream as it arrives; stream the answer back as it comes."""
-        url = self.base_url + scope["raw_path"].decode("latin-1")
+    async def forward(
+        self, scope: Scope, receive: Receive, send: Send, path: str | None = None
+    ) -> None:
+        """Send the request upstream as it arrives (to `path`, else its own); stream it back."""
+        url = self.base_url + (path or scope["raw_path"].decode("latin-1"))
         if scope.get("query_string"):
             url += "?" + scope["query_string"].decode("latin-1")
         headers = [(k, v) for k, v in scope["headers"] if k not in HOP_BY_HOP]
@@ -50,7 +52,7 @@ class Upstream:
         try:
             response = await self._client.send(request, stream=True)
         except httpx.TransportError as e:
-            await _unavailable(send, f"The registry at {self.base_url} did not answer: {e}")
+            await _unavailable(send, f"{self.base_url} did not answer: {e}")
             return
         try:
             await send(

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
+
+from modelhost.net import free_port
 
 log = logging.getLogger("modelhost.registry")
 
@@ -28,7 +29,7 @@ class EmbeddedRegistry:
     def __init__(self, home: Path, backend_store_uri: str | None = None) -> None:
         self.folder = home / "registry"
         self.backend_store_uri = backend_store_uri or f"sqlite:///{self.folder / 'mlflow.db'}"
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -86,9 +87,3 @@ class EmbeddedRegistry:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

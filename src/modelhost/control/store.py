@@ -1,0 +1,91 @@
+"""What the registry does not hold: which models are served, and what happened to them."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+serving = sa.Table(
+    "serving",
+    metadata,
+    sa.Column("registered_model_name", sa.String, primary_key=True),
+    sa.Column("enabled_at", sa.Float, nullable=False),
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("timestamp", sa.Float, nullable=False, index=True),
+    sa.Column("registered_model_name", sa.String, nullable=False, index=True),
+    sa.Column("endpoint_version_name", sa.String, nullable=True),
+    sa.Column("message", sa.String, nullable=False),
+)
+
+
+class StateStore:
+    """SQLite under the home by default; any SQLAlchemy URL (PostgreSQL) works the same."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = sa.create_engine(url)
+        metadata.create_all(self.engine)
+
+    @classmethod
+    def in_home(cls, home: Path) -> StateStore:
+        return cls(f"sqlite:///{home / 'state.db'}")
+
+    def enable(self, name: str) -> bool:
+        """Turn serving on; False if it already was."""
+        with self.engine.begin() as db:
+            if db.execute(
+                sa.select(serving).where(serving.c.registered_model_name == name)
+            ).first():
+                return False
+            db.execute(serving.insert().values(registered_model_name=name, enabled_at=time.time()))
+            return True
+
+    def disable(self, name: str) -> bool:
+        """Turn serving off; False if it was not on."""
+        with self.engine.begin() as db:
+            gone = db.execute(serving.delete().where(serving.c.registered_model_name == name))
+            return gone.rowcount > 0
+
+    def enabled(self) -> list[str]:
+        with self.engine.connect() as db:
+            rows = db.execute(sa.select(serving.c.registered_model_name).order_by("enabled_at"))
+            return [row[0] for row in rows]
+
+    def record(self, name: str, message: str, version: str | None = None) -> None:
+        with self.engine.begin() as db:
+            db.execute(
+                events.insert().values(
+                    timestamp=time.time(),
+                    registered_model_name=name,
+                    endpoint_version_name=version,
+                    message=message,
+                )
+            )
+
+    def events(self, name: str, limit: int = 200) -> list[dict[str, Any]]:
+        """Newest first."""
+        query = (
+            sa.select(events)
+            .where(events.c.registered_model_name == name)
+            .order_by(events.c.id.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as db:
+            return [
+                {
+                    "timestamp": int(row.timestamp * 1000),
+                    "registered_model_name": row.registered_model_name,
+                    "endpoint_version_name": row.endpoint_version_name,
+                    "message": row.message,
+                }
+                for row in db.execute(query)
+            ]

@@ -1,0 +1,105 @@
+"""The serving control API, in the shape scripts for the managed legacy service use."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from urllib.parse import parse_qs
+
+import orjson
+from mlflow.exceptions import MlflowException
+
+from modelhost.asgi import Receive, Scope, Send, respond
+from modelhost.control.controller import Controller
+from modelhost.errors import InvalidInput, ModelhostError, NotFound
+
+PREFIXES = ("/api/2.0/preview/mlflow/endpoints/", "/api/2.0/mlflow/endpoints/")
+
+
+class ServingAPI:
+    """enable, disable, get-status, list, list-versions, events and logs."""
+
+    def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+        self.store = controller.store
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, action: str) -> None:
+        try:
+            body = await self._dispatch(scope, receive, action)
+        except ModelhostError as e:
+            await respond(send, e.status, e.body())
+            return
+        await respond(send, HTTPStatus.OK, orjson.dumps(body))
+
+    async def _dispatch(self, scope: Scope, receive: Receive, action: str) -> dict:
+        method = scope["method"]
+        if (method, action) in (("POST", "enable"), ("POST", "disable")):
+            name = await self._name_from_body(receive)
+            if action == "enable":
+                self._must_exist(name)
+                self.store.enable(name)
+            else:
+                self._must_be_served(name)
+                self.store.disable(name)
+            self.controller.nudge()
+            return {}
+        if method != "GET":
+            raise NotFound(f"No route {method} {scope['path']}.")
+        query = parse_qs(scope.get("query_string", b"").decode())
+        if action == "list":
+            return {"endpoints": [self._status(n) for n in self.store.enabled()]}
+        name = _one(query, "registered_model_name")
+        self._must_be_served(name)
+        if action == "get-status":
+            return {"endpoint_status": self._status(name)}
+        if action == "list-versions":
+            routes = self.controller.routes.get(name)
+            versions = routes.versions if routes else {}
+            return {
+                "endpoint_versions": [
+                    {"registered_model_name": name, "endpoint_version_name": v, **shown}
+                    for v, shown in sorted(versions.items(), key=lambda item: int(item[0]))
+                ]
+            }
+        if action == "events":
+            return {"events": self.store.events(name)}
+        raise NotFound(f"No serving action {action!r}.")
+
+    def _status(self, name: str) -> dict:
+        routes = self.controller.routes.get(name)
+        state = routes.state if routes else "ENDPOINT_STATE_PENDING"
+        message = routes.message if routes else "Starting the model server."
+        return {"registered_model_name": name, "state": state, "state_message": message}
+
+    async def _name_from_body(self, receive: Receive) -> str:
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        try:
+            name = orjson.loads(b"".join(chunks))["registered_model_name"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            name = None
+        if not isinstance(name, str) or not name:
+            raise InvalidInput('Send {"registered_model_name": "<name>"}.')
+        return name
+
+    def _must_exist(self, name: str) -> None:
+        try:
+            self.controller.registry.get_registered_model(name)
+        except MlflowException as e:
+            if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+                raise NotFound(f"Registered model '{name}' does not exist.") from None
+            raise
+
+    def _must_be_served(self, name: str) -> None:
+        if name not in self.store.enabled():
+            raise NotFound(f"Serving is not enabled for '{name}'.")
+
+
+def _one(query: dict[str, list[str]], key: str) -> str:
+    values = query.get(key)
+    if not values or not values[0]:
+        raise InvalidInput(f"Pass ?{key}=<name>.")
+    return values[0]

@@ -1,0 +1,117 @@
+"""Serving from the registry: enable a model and every non-archived version answers, in sync."""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import httpx
+import mlflow
+import pytest
+from mlflow import MlflowClient
+from sklearn.linear_model import LogisticRegression
+from test_up import Platform
+
+API = "/api/2.0/preview/mlflow/endpoints"
+FEATURES = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
+ONE_ROW = {"dataframe_split": {"columns": FEATURES, "data": [[5.1, 3.5, 1.4, 0.2]]}}
+
+
+def register(iris, name: str, c: float) -> str:
+    labels = [0, 1, 2] * 50
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(
+            LogisticRegression(C=c, max_iter=1000).fit(iris, labels), name="model",
+            input_example=iris.head(2), registered_model_name=name,
+            pip_requirements=["mlflow", "scikit-learn"],
+        )  # fmt: skip
+    return str(info.registered_model_version)
+
+
+def transition(registry: MlflowClient, name: str, version: str, stage: str) -> None:
+    with warnings.catch_warnings():  # stages are deprecated in MLflow, yet still in use
+        warnings.simplefilter("ignore", FutureWarning)
+        registry.transition_model_version_stage(name, version, stage)
+
+
+def eventually(check, timeout_s: float = 60):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return check()
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+@pytest.fixture
+def client(platform):
+    with httpx.Client(base_url=platform.url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+def platform(tmp_path):
+    with Platform(tmp_path / "home") as running:
+        mlflow.set_tracking_uri(running.url)
+        mlflow.set_experiment("serving")
+        yield running
+    mlflow.set_tracking_uri(None)
+
+
+def test_enabled_model_serves_versions_stages_and_aliases_in_sync(client, iris):
+    registry = MlflowClient()
+    register(iris, "prod.ml_team.iris model", 1.0)
+    register(iris, "prod.ml_team.iris model", 0.001)
+    name = "prod.ml_team.iris model"
+    quoted = "prod.ml_team.iris%20model"
+    registry.set_registered_model_alias(name, "champion", "1")
+    transition(registry, name, "2", "Staging")
+
+    assert client.post(f"{API}/enable", json={"registered_model_name": name}).status_code == 200
+
+    def all_ready():
+        shown = client.get(f"{API}/list-versions", params={"registered_model_name": name}).json()
+        states = {v["endpoint_version_name"]: v["state"] for v in shown["endpoint_versions"]}
+        assert states == {"1": "VERSION_STATE_READY", "2": "VERSION_STATE_READY"}, states
+
+    eventually(all_ready)
+    status = client.get(f"{API}/get-status", params={"registered_model_name": name}).json()
+    assert status["endpoint_status"]["state"] == "ENDPOINT_STATE_READY"
+    for ref in ("1", "2", "champion", "Staging"):
+        answer = client.post(f"/model/{quoted}/{ref}/invocations", json=ONE_ROW)
+        assert answer.status_code == 200, (ref, answer.text)
+        assert set(answer.json()) == {"predictions"}
+    assert client.post(f"/model/{quoted}/Production/invocations", json=ONE_ROW).status_code == 404
+
+    # A new version is served within seconds; an archived one goes.
+    register(iris, name, 10.0)
+    eventually(lambda: _served(client, quoted, "3"), timeout_s=30)
+    transition(registry, name, "1", "Archived")
+    eventually(lambda: _gone(client, quoted, "1"), timeout_s=30)
+    assert client.post(f"/model/{quoted}/2/invocations", json=ONE_ROW).status_code == 200
+
+    events = client.get(f"{API}/events", params={"registered_model_name": name}).json()["events"]
+    assert any("Version 3 is ready" in e["message"] for e in events)
+
+    assert client.post(f"{API}/disable", json={"registered_model_name": name}).status_code == 200
+    eventually(lambda: _gone(client, quoted, "2"))
+
+
+def _served(client, quoted, ref):
+    assert client.post(f"/model/{quoted}/{ref}/invocations", json=ONE_ROW).status_code == 200
+
+
+def _gone(client, quoted, ref):
+    assert client.post(f"/model/{quoted}/{ref}/invocations", json=ONE_ROW).status_code == 404
+
+
+def test_enabling_a_model_that_does_not_exist_is_404(client):
+    response = client.post(f"{API}/enable", json={"registered_model_name": "nope"})
+    assert response.status_code == 404
+    assert response.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
+    assert client.post(f"{API}/enable", json={}).status_code == 400
+    assert client.get(f"{API}/list").json() == {"endpoints": []}
+    unknown = client.post("/model/nope/1/invocations", json=ONE_ROW)
+    assert unknown.status_code == 404
