@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import time
 import warnings
 
@@ -115,3 +118,40 @@ def test_enabling_a_model_that_does_not_exist_is_404(client):
     assert client.get(f"{API}/list").json() == {"endpoints": []}
     unknown = client.post("/model/nope/1/invocations", json=ONE_ROW)
     assert unknown.status_code == 404
+
+
+def test_a_failed_version_and_a_dead_model_server_leave_the_rest_serving(platform, client, iris):
+    name = "resilient"
+    register(iris, name, 1.0)
+    with mlflow.start_run() as run:
+        pass  # a run with no model in it: the version below cannot load
+    MlflowClient().create_model_version(name, f"runs:/{run.info.run_id}/missing", run.info.run_id)
+    client.post(f"{API}/enable", json={"registered_model_name": name})
+
+    def one_ready_one_failed():
+        shown = client.get(f"{API}/list-versions", params={"registered_model_name": name}).json()
+        states = {v["endpoint_version_name"]: v for v in shown["endpoint_versions"]}
+        assert states.get("1", {}).get("state") == "VERSION_STATE_READY", states
+        assert states.get("2", {}).get("state") == "VERSION_STATE_FAILED", states
+        return states["2"]["state_message"]
+
+    assert "MLmodel" in eventually(one_ready_one_failed)
+    assert client.post(f"/model/{name}/1/invocations", json=ONE_ROW).status_code == 200
+    refused = client.post(f"/model/{name}/2/invocations", json=ONE_ROW)
+    assert refused.status_code == 503
+    events = client.get(f"{API}/events", params={"registered_model_name": name}).json()["events"]
+    assert any(e["message"].startswith("Version 2 failed") for e in events)
+
+    worker = subprocess.run(
+        ["pgrep", "-P", str(platform.process.pid), "-f", "modelhost worker"],
+        capture_output=True, text=True,
+    ).stdout.split()  # fmt: skip
+    assert len(worker) == 1
+    for pid in worker:
+        os.kill(int(pid), signal.SIGKILL)
+    down = client.post(f"/model/{name}/1/invocations", json=ONE_ROW)
+    assert down.status_code == 503  # never a hang
+    assert down.headers["retry-after"]
+    eventually(lambda: _served(client, name, "1"))
+    events = client.get(f"{API}/events", params={"registered_model_name": name}).json()["events"]
+    assert any("exited with code -9; restarting" in e["message"] for e in events)

@@ -178,9 +178,10 @@ class Controller:
                 shown["state"], "VERSION_STATE_PENDING"
             )
             before = routes.versions.get(version, {}).get("state")
-            if state != before and state != "VERSION_STATE_PENDING":
-                word = "ready" if state == "VERSION_STATE_READY" else "failed"
-                self.store.record(name, f"Version {version} is {word}: {shown['message']}", version)
+            if state != before and state == "VERSION_STATE_READY":
+                self.store.record(name, f"Version {version} is ready.", version)
+            elif state != before and state == "VERSION_STATE_FAILED":
+                self.store.record(name, f"Version {version} failed: {shown['message']}", version)
             versions[version] = {"state": state, "state_message": shown["message"]}
         ready = {v for v, s in versions.items() if s["state"] == "VERSION_STATE_READY"}
         refs = {}
