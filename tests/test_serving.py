@@ -155,3 +155,14 @@ def test_a_failed_version_and_a_dead_model_server_leave_the_rest_serving(platfor
     eventually(lambda: _served(client, name, "1"))
     events = client.get(f"{API}/events", params={"registered_model_name": name}).json()["events"]
     assert any("exited with code -9; restarting" in e["message"] for e in events)
+
+    # With the registry gone, the routes the controller has keep serving.
+    registry = subprocess.run(
+        ["pgrep", "-f", f"mlflow server.*{platform.home}"], capture_output=True, text=True
+    ).stdout.split()
+    assert registry, "the embedded registry is not running"
+    for pid in registry:
+        os.kill(int(pid), signal.SIGKILL)
+    for _ in range(15):  # over several reconcile ticks
+        assert client.post(f"/model/{name}/1/invocations", json=ONE_ROW).status_code == 200
+        time.sleep(0.2)
