@@ -141,6 +141,10 @@ def test_a_failed_version_and_a_dead_model_server_leave_the_rest_serving(platfor
     assert refused.status_code == 503
     events = client.get(f"{API}/events", params={"registered_model_name": name}).json()["events"]
     assert any(e["message"].startswith("Version 2 failed") for e in events)
+    logs = client.get(
+        f"{API}/logs", params={"registered_model_name": name, "endpoint_version_name": "2"}
+    ).json()["logs"]
+    assert "Version 2 failed to load" in logs and "Traceback" in logs
 
     worker = subprocess.run(
         ["pgrep", "-P", str(platform.process.pid), "-f", "modelhost worker"],

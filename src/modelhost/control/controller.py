@@ -8,6 +8,7 @@ aliases to a ready version; a stage or alias moves only once its new target is r
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import re
@@ -53,13 +54,19 @@ class ModelRoutes:
         return self.refs.get(ref) or self.refs.get(ref.capitalize())
 
 
+def server_log(logs: Path, name: str) -> Path:
+    """A file of its own for any registered model name (names may hold spaces, slashes...)."""
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]  # "a b" and "a_b" stay apart
+    return logs / f"{re.sub(r'[^A-Za-z0-9._-]', '_', name)}-{digest}.log"
+
+
 class ModelServerProcess:
     """One `modelhost worker` for one registered model."""
 
     def __init__(self, name: str, registry_url: str, logs: Path) -> None:
         self.name = name
         self.registry_url = registry_url
-        self.log_path = logs / f"{re.sub(r'[^A-Za-z0-9._-]', '_', name)}.log"
+        self.log_path = server_log(logs, name)
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self.client: httpx.AsyncClient | None = None
@@ -105,6 +112,10 @@ class Controller:
         self.routes: dict[str, ModelRoutes] = {}
         self._servers: dict[str, ModelServerProcess] = {}
         self._wake = asyncio.Event()
+
+    def log_path(self, name: str) -> Path:
+        """Where the model server of `name` writes its log (loading output, tracebacks)."""
+        return server_log(self.logs, name)
 
     def nudge(self) -> None:
         """Reconcile now rather than at the next tick (after enable or disable)."""

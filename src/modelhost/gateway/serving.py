@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from http import HTTPStatus
+from pathlib import Path
 from urllib.parse import parse_qs
 
 import orjson
@@ -13,10 +16,16 @@ from modelhost.control.controller import Controller
 from modelhost.errors import InvalidInput, ModelhostError, NotFound
 
 PREFIXES = ("/api/2.0/preview/mlflow/endpoints/", "/api/2.0/mlflow/endpoints/")
+LOG_LINES = 2000  # the tail of a model server's log that `logs` returns
 
 
 class ServingAPI:
-    """enable, disable, get-status, list, list-versions, events and logs."""
+    """enable, disable, get-status, list, list-versions, events and logs.
+
+    `logs` returns the tail of the model server's log, which every version of the model shares
+    (its loading output and tracebacks); `endpoint_version_name` is accepted but not yet used
+    to pick one version's lines.
+    """
 
     def __init__(self, controller: Controller) -> None:
         self.controller = controller
@@ -62,6 +71,8 @@ class ServingAPI:
             }
         if action == "events":
             return {"events": self.store.events(name)}
+        if action == "logs":
+            return {"logs": await asyncio.to_thread(_tail, self.controller.log_path(name))}
         raise NotFound(f"No serving action {action!r}.")
 
     def _status(self, name: str) -> dict:
@@ -96,6 +107,14 @@ class ServingAPI:
     def _must_be_served(self, name: str) -> None:
         if name not in self.store.enabled():
             raise NotFound(f"Serving is not enabled for '{name}'.")
+
+
+def _tail(path: Path, lines: int = LOG_LINES) -> str:
+    try:
+        with open(path, errors="replace") as log:
+            return "".join(deque(log, maxlen=lines))
+    except FileNotFoundError:
+        return ""
 
 
 def _one(query: dict[str, list[str]], key: str) -> str:
