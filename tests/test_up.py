@@ -16,6 +16,8 @@ from mlflow import MlflowClient
 from sklearn.linear_model import LogisticRegression
 from support import free_port
 
+from modelhost.demo import ONE_FLOWER
+
 START_TIMEOUT_S = 180
 
 
@@ -108,6 +110,19 @@ def test_demo_registers_an_example_model_once(tmp_path, iris, tracking_uri):
             assert [v.version for v in versions] == ["1"]
             model = mlflow.pyfunc.load_model("models:/iris-demo/1")
             assert model.predict(iris.head(1)).tolist() == [0]
+            # --demo also serves it, at the address it prints.
+            deadline = time.monotonic() + 60
+            while True:
+                answer = httpx.post(
+                    f"{platform.url}/model/iris-demo/1/invocations",
+                    content=ONE_FLOWER, headers={"Content-Type": "application/json"},
+                )  # fmt: skip
+                if answer.status_code == 200 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.3)
+            assert answer.json() == {"predictions": [0]}
+    printed = platform.log_path.read_text()
+    assert f"curl -s {platform.url}/model/iris-demo/1/invocations" in printed
 
 
 def test_a_database_registry_uri_is_served_through_the_gateway(tmp_path, tracking_uri):

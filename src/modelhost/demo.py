@@ -1,13 +1,9 @@
-"""A demo model to try modelhost with: a random forest that tells iris species apart."""
+"""The demo model `modelhost up --demo` serves: a random forest that tells iris species apart."""
 
 from __future__ import annotations
 
 import logging
-import os
 import warnings
-from pathlib import Path
-
-from modelhost.config import ServeSettings, configure_logging, default_home
 
 log = logging.getLogger("modelhost.demo")
 
@@ -26,27 +22,6 @@ def _train():
 
     features, species = load_iris(return_X_y=True, as_frame=True)
     return features, RandomForestClassifier(n_estimators=50, random_state=0).fit(features, species)
-
-
-def demo_model(home: Path) -> Path:
-    """Train and save the demo model under `home` once; later calls reuse it."""
-    path = home / "demo" / "iris-forest"
-    if (path / "MLmodel").exists():
-        return path
-    import mlflow
-
-    log.info("Training the demo model into %s", path)
-    features, forest = _train()
-    with warnings.catch_warnings():
-        # MLflow's hint about integer outputs (the species) does not concern the demo.
-        warnings.simplefilter("ignore")
-        mlflow.sklearn.save_model(
-            forest,
-            path,
-            input_example=features.head(2),
-            skops_trusted_types=["sklearn.tree._tree.Tree"],
-        )
-    return path
 
 
 def register_demo(tracking_uri: str) -> None:
@@ -71,25 +46,3 @@ def register_demo(tracking_uri: str) -> None:
             registered_model_name=DEMO_MODEL_NAME,
             skops_trusted_types=["sklearn.tree._tree.Tree"],
         )
-
-
-def main() -> None:
-    from modelhost.worker.server import serve
-
-    configure_logging()
-    home = default_home()
-    settings = ServeSettings(
-        model_uri=str(demo_model(home)),
-        port=int(os.environ.get("MODELHOST_PORT", ServeSettings.port)),
-    )
-    print(
-        "\nTry it, once it says the server is running:\n"
-        f"  curl -s http://{settings.host}:{settings.port}/invocations "
-        f"-H 'Content-Type: application/json' \\\n    -d '{ONE_FLOWER}'\n",
-        flush=True,
-    )
-    serve(settings)
-
-
-if __name__ == "__main__":
-    main()

@@ -28,13 +28,12 @@ def run(settings: UpSettings) -> None:
         if embedded:
             registry_url = embedded.start()
         assert registry_url is not None
-        if settings.demo:
-            from modelhost.demo import register_demo
-
-            register_demo(registry_url)
+        store = StateStore.in_home(settings.home)
         url = f"http://{settings.host}:{settings.port}"
+        if settings.demo:
+            _serve_demo(registry_url, store, url)
         log.info("modelhost is up on %s; point MLflow at it: MLFLOW_TRACKING_URI=%s", url, url)
-        controller = Controller(registry_url, StateStore.in_home(settings.home), settings.home)
+        controller = Controller(registry_url, store, settings.home)
         uvicorn.run(
             Gateway(registry_url, controller),
             host=settings.host,
@@ -49,3 +48,17 @@ def run(settings: UpSettings) -> None:
     finally:
         if embedded:
             embedded.stop()
+
+
+def _serve_demo(registry_url: str, store: StateStore, url: str) -> None:
+    from modelhost.demo import DEMO_MODEL_NAME, ONE_FLOWER, register_demo
+
+    register_demo(registry_url)
+    if store.enable(DEMO_MODEL_NAME):
+        store.record(DEMO_MODEL_NAME, "Serving enabled by --demo.")
+    print(
+        f"\nThe demo model {DEMO_MODEL_NAME} is served. Once its version 1 is ready (seconds):\n"
+        f"  curl -s {url}/model/{DEMO_MODEL_NAME}/1/invocations "
+        f"-H 'Content-Type: application/json' \\\n    -d '{ONE_FLOWER}'\n",
+        flush=True,
+    )
