@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import warnings
 
@@ -100,6 +102,39 @@ def test_enabled_model_serves_versions_stages_and_aliases_in_sync(client, iris):
 
     assert client.post(f"{API}/disable", json={"registered_model_name": name}).status_code == 200
     eventually(lambda: _gone(client, quoted, "2"))
+
+
+def cli(platform, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "modelhost", "serving", *args],
+        env={**os.environ, "MODELHOST_URL": platform.url},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_the_serving_command_line(platform, iris):
+    missing = cli(platform, "enable", "nope")
+    assert missing.returncode == 1
+    assert "does not exist" in missing.stderr
+    register(iris, "cli model", 1.0)
+    assert cli(platform, "enable", "cli model").stdout == "Serving enabled for cli model.\n"
+
+    def ready():
+        shown = json.loads(cli(platform, "versions", "cli model").stdout)
+        assert [v["state"] for v in shown] == ["VERSION_STATE_READY"], shown
+
+    eventually(ready)
+    status = json.loads(cli(platform, "status", "cli model").stdout)
+    assert status["state"] == "ENDPOINT_STATE_READY"
+    assert [e["registered_model_name"] for e in json.loads(cli(platform, "list").stdout)] == [
+        "cli model"
+    ]
+    assert "Version 1 is ready." in cli(platform, "events", "cli model").stdout
+    assert "Loading version 1" in cli(platform, "logs", "cli model").stdout
+    assert cli(platform, "disable", "cli model").returncode == 0
+    away = cli(platform, "--url", "http://127.0.0.1:9", "list")
+    assert away.returncode == 1
+    assert "MODELHOST_URL" in away.stderr
 
 
 def _served(client, quoted, ref):

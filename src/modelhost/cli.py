@@ -8,6 +8,7 @@ import click
 
 from modelhost import __version__
 from modelhost.config import ServeSettings, UpSettings, configure_logging, default_home
+from modelhost.serving_cli import serving
 
 
 @click.group()
@@ -149,3 +150,6 @@ def worker(**options: object) -> None:
     from modelhost.worker.server import serve_versions
 
     serve_versions(ServeSettings(model_uri="", **options))  # type: ignore[arg-type]
+
+
+main.add_command(serving)

@@ -1,0 +1,118 @@
+"""`modelhost serving ...`: the serving control API from the command line."""
+
+from __future__ import annotations
+
+import json
+
+import click
+import httpx
+
+PREFIX = "/api/2.0/preview/mlflow/endpoints"
+
+
+class ServingClient:
+    def __init__(self, url: str, token: str | None) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=60)
+
+    def call(self, method: str, action: str, **fields: str) -> dict:
+        try:
+            if method == "POST":
+                response = self._http.post(f"{PREFIX}/{action}", json=fields)
+            else:
+                response = self._http.get(f"{PREFIX}/{action}", params=fields)
+        except httpx.TransportError as e:
+            raise click.ClickException(
+                f"modelhost at {self._http.base_url} did not answer ({e}). Is `modelhost up` "
+                "running? Point at it with --url or MODELHOST_URL."
+            ) from None
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"message": response.text}
+        if response.is_error:
+            raise click.ClickException(body.get("message", response.text))
+        return body
+
+
+def _show(value: object) -> None:
+    click.echo(json.dumps(value, indent=2))
+
+
+@click.group()
+@click.option(
+    "--url",
+    envvar="MODELHOST_URL",
+    default="http://127.0.0.1:8080",
+    show_default=True,
+    help="The modelhost gateway.",
+)
+@click.option("--token", envvar="MODELHOST_TOKEN", default=None, help="The credential to send.")
+@click.pass_context
+def serving(ctx: click.Context, url: str, token: str | None) -> None:
+    """Turn serving on and off for registered models, and see how it goes."""
+    ctx.obj = ServingClient(url, token)
+
+
+name_argument = click.argument("name")
+
+
+@serving.command()
+@name_argument
+@click.pass_obj
+def enable(client: ServingClient, name: str) -> None:
+    """Serve every non-archived version of registered model NAME."""
+    client.call("POST", "enable", registered_model_name=name)
+    click.echo(f"Serving enabled for {name}.")
+
+
+@serving.command()
+@name_argument
+@click.pass_obj
+def disable(client: ServingClient, name: str) -> None:
+    """Stop serving registered model NAME."""
+    client.call("POST", "disable", registered_model_name=name)
+    click.echo(f"Serving disabled for {name}.")
+
+
+@serving.command()
+@name_argument
+@click.pass_obj
+def status(client: ServingClient, name: str) -> None:
+    """The state of NAME's serving."""
+    _show(client.call("GET", "get-status", registered_model_name=name)["endpoint_status"])
+
+
+@serving.command(name="list")
+@click.pass_obj
+def list_(client: ServingClient) -> None:
+    """Every served model and its state."""
+    _show(client.call("GET", "list")["endpoints"])
+
+
+@serving.command()
+@name_argument
+@click.pass_obj
+def versions(client: ServingClient, name: str) -> None:
+    """The served versions of NAME and their states."""
+    _show(client.call("GET", "list-versions", registered_model_name=name)["endpoint_versions"])
+
+
+@serving.command()
+@name_argument
+@click.pass_obj
+def events(client: ServingClient, name: str) -> None:
+    """What happened to NAME's serving, newest first."""
+    _show(client.call("GET", "events", registered_model_name=name)["events"])
+
+
+@serving.command()
+@name_argument
+@click.option("--version", "version", default=None, help="A version of NAME.")
+@click.pass_obj
+def logs(client: ServingClient, name: str, version: str | None) -> None:
+    """The log of NAME's model server."""
+    fields = {"registered_model_name": name}
+    if version:
+        fields["endpoint_version_name"] = version
+    click.echo(client.call("GET", "logs", **fields)["logs"], nl=False)
