@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 
@@ -205,3 +206,53 @@ def test_a_failed_version_and_a_dead_model_server_leave_the_rest_serving(platfor
     for _ in range(15):  # over several reconcile ticks
         assert client.post(f"/model/{name}/1/invocations", json=ONE_ROW).status_code == 200
         time.sleep(0.2)
+
+
+def test_no_failed_request_while_versions_deploy_and_routes_move(client, iris):
+    """Steady load on routes that stay valid while the registry changes under them."""
+    name = "steady"
+    registry = MlflowClient()
+    for c in (1.0, 0.5, 0.1):
+        register(iris, name, c)
+    registry.set_registered_model_alias(name, "champion", "1")
+    transition(registry, name, "1", "Production")
+    client.post(f"{API}/enable", json={"registered_model_name": name})
+    for ref in ("1", "2", "3", "champion", "Production"):
+        eventually(lambda ref=ref: _served(client, name, ref))
+
+    stop = threading.Event()
+    outcomes: dict[str, list[int]] = {ref: [] for ref in ("1", "champion", "Production")}
+
+    def load(ref: str) -> None:
+        with httpx.Client(base_url=client.base_url, timeout=30) as own:
+            while not stop.is_set():
+                response = own.post(f"/model/{name}/{ref}/invocations", json=ONE_ROW)
+                outcomes[ref].append(response.status_code)
+
+    threads = [threading.Thread(target=load, args=(ref,)) for ref in outcomes for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        register(iris, name, 2.0)  # a new version deploys: 4
+        registry.set_registered_model_alias(name, "champion", "4")  # an alias moves
+        transition(registry, name, "2", "Production")  # a stage moves
+        transition(registry, name, "3", "Archived")  # an unrelated version goes
+        eventually(lambda: _gone(client, name, "3"))
+        eventually(lambda: _routed_to(client, name, "champion", "4"))
+        eventually(lambda: _routed_to(client, name, "Production", "2"))
+        time.sleep(1)  # the moved routes under load for a moment more
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    for ref, statuses in outcomes.items():
+        assert len(statuses) > 20, f"too little load on {ref}"
+        failed = [s for s in statuses if s != 200]
+        assert failed == [], f"{len(failed)} of {len(statuses)} requests to {ref} failed: {failed}"
+
+
+def _routed_to(client, name, ref, version):
+    routed = client.post(f"/model/{name}/{ref}/invocations", json=ONE_ROW)
+    direct = client.post(f"/model/{name}/{version}/invocations", json=ONE_ROW)
+    assert routed.status_code == direct.status_code == 200
+    assert routed.headers["x-modelhost-version"] == version

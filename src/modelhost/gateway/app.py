@@ -98,7 +98,11 @@ class Gateway:
             upstream = self._model_servers[routes.port] = Upstream(
                 f"http://127.0.0.1:{routes.port}"
             )
-        await upstream.forward(scope, receive, send, f"/versions/{version}/invocations")
+        # Which version answered: a stage or alias names a different one over time.
+        answered_by = ((b"x-modelhost-version", version.encode()),)
+        await upstream.forward(
+            scope, receive, send, f"/versions/{version}/invocations", answered_by
+        )
 
     async def _health(self, send: Send) -> None:
         """Ready when the registry answers."""

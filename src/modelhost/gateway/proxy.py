@@ -39,7 +39,12 @@ class Upstream:
         await self._client.aclose()
 
     async def forward(
-        self, scope: Scope, receive: Receive, send: Send, path: str | None = None
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        path: str | None = None,
+        extra_headers: tuple[tuple[bytes, bytes], ...] = (),
     ) -> None:
         """Send the request upstream as it arrives (to `path`, else its own); stream it back."""
         url = self.base_url + (path or scope["raw_path"].decode("latin-1"))
@@ -60,7 +65,8 @@ class Upstream:
                     "type": "http.response.start",
                     "status": response.status_code,
                     "headers": [
-                        (k, v) for k, v in response.headers.raw if k.lower() not in HOP_BY_HOP
+                        *((k, v) for k, v in response.headers.raw if k.lower() not in HOP_BY_HOP),
+                        *extra_headers,
                     ],
                 }
             )
