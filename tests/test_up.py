@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
+from pathlib import Path
 
 import httpx
 import mlflow
@@ -32,12 +34,16 @@ class Platform:
                      "--port", str(self.port), *options]  # fmt: skip
         self.log_path = home.parent / f"up-{self.port}.log"
         self.process: subprocess.Popen | None = None
+        # Every process `up` starts inherits this, so none can hide from the check at exit.
+        self.marker = f"MODELHOST_TEST_PLATFORM={uuid.uuid4().hex}"
 
     def __enter__(self) -> Platform:
         with open(self.log_path, "wb") as log:
+            name, _, value = self.marker.partition("=")
             self.process = subprocess.Popen(
-                self.args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
+                self.args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                env={**os.environ, name: value},
+            )  # fmt: skip
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             assert self.process.poll() is None, self.log_path.read_text()
@@ -58,10 +64,20 @@ class Platform:
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
-        leftovers = subprocess.run(
-            ["pgrep", "-f", f"mlflow.*{self.home}"], capture_output=True, text=True
-        ).stdout
-        assert leftovers == "", f"still running after Ctrl-C: {leftovers}"
+        leftovers = started_by(self.marker)
+        assert leftovers == [], f"still running after Ctrl-C: {leftovers}"
+
+
+def started_by(marker: str) -> list[str]:
+    """The command lines of running processes whose environment holds `marker`."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if marker.encode() in (proc / "environ").read_bytes().split(b"\0"):
+                found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:  # gone meanwhile, or not ours to read
+            pass
+    return found
 
 
 @pytest.fixture
