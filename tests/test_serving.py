@@ -181,6 +181,12 @@ def test_a_failed_version_and_a_dead_model_server_leave_the_rest_serving(platfor
         f"{API}/logs", params={"registered_model_name": name, "endpoint_version_name": "2"}
     ).json()["logs"]
     assert "Version 2 failed to load" in logs and "Traceback" in logs
+    assert "version 1" not in logs.lower()
+    logs_of_1 = client.get(
+        f"{API}/logs", params={"registered_model_name": name, "endpoint_version_name": "1"}
+    ).json()["logs"]
+    assert "Loading version 1" in logs_of_1 and "Version 1 is ready" in logs_of_1
+    assert "Version 2" not in logs_of_1 and "Traceback" not in logs_of_1
 
     worker = subprocess.run(
         ["pgrep", "-P", str(platform.process.pid), "-f", "modelhost worker"],
@@ -196,13 +202,13 @@ def test_a_failed_version_and_a_dead_model_server_leave_the_rest_serving(platfor
     events = client.get(f"{API}/events", params={"registered_model_name": name}).json()["events"]
     assert any("exited with code -9; restarting" in e["message"] for e in events)
 
-    # With the registry gone, the routes the controller has keep serving.
+    # With the registry gone, its server and workers, the routes the controller has keep serving.
     registry = subprocess.run(
         ["pgrep", "-f", f"mlflow server.*{platform.home}"], capture_output=True, text=True
     ).stdout.split()
-    assert registry, "the embedded registry is not running"
-    for pid in registry:
-        os.kill(int(pid), signal.SIGKILL)
+    assert len(registry) == 1, "the embedded registry is not running"
+    os.killpg(int(registry[0]), signal.SIGKILL)
+    assert httpx.get(f"{platform.url}/health").status_code == 503
     for _ in range(15):  # over several reconcile ticks
         assert client.post(f"/model/{name}/1/invocations", json=ONE_ROW).status_code == 200
         time.sleep(0.2)

@@ -7,7 +7,9 @@ from pathlib import Path
 import click
 
 from modelhost import __version__
-from modelhost.config import ServeSettings, UpSettings, configure_logging, default_home
+from modelhost.config import EnvManager, ServeSettings, UpSettings, default_home
+from modelhost.errors import ModelhostError
+from modelhost.logs import configure_logging
 from modelhost.serving_cli import serving
 
 
@@ -79,6 +81,16 @@ def main() -> None:
     type=click.FloatRange(min=0, min_open=True),
     help="Seconds a request may wait for its predictions before it gets 504.",
 )
+@click.option(
+    "--env-manager",
+    default=ServeSettings.env_manager,
+    show_default=True,
+    envvar="MODELHOST_ENV_MANAGER",
+    type=click.Choice([m.value for m in EnvManager]),
+    help="Python environment of the model: auto uses the current one when it satisfies the "
+    "model's requirements and builds one with uv otherwise; local always uses the current one; "
+    "uv always builds (cached under the modelhost home).",
+)
 def serve(**options: object) -> None:
     """Serve one model, as `mlflow models serve` does, only faster."""
     from mlflow.exceptions import MlflowException
@@ -88,6 +100,8 @@ def serve(**options: object) -> None:
     try:
         run(ServeSettings(**options))  # type: ignore[arg-type]
     except MlflowException as e:
+        raise click.ClickException(f"Cannot serve {options['model_uri']}: {e.message}") from None
+    except ModelhostError as e:
         raise click.ClickException(f"Cannot serve {options['model_uri']}: {e.message}") from None
 
 
@@ -122,6 +136,23 @@ def serve(**options: object) -> None:
     envvar="MODELHOST_DEMO",
     help="Register an example model.",
 )
+@click.option(
+    "--max-body-mb",
+    default=UpSettings.max_body_mb,
+    show_default=True,
+    envvar="MODELHOST_MAX_BODY_MB",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Largest scoring request body accepted; larger ones get 413.",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    default=UpSettings.timeout_s,
+    show_default=True,
+    envvar="MODELHOST_TIMEOUT",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds a scoring request may wait for its predictions before it gets 504.",
+)
 def up(**options: object) -> None:
     """Run modelhost: the MLflow registry and the gateway in front of it, on one port."""
     from modelhost.up import run
@@ -153,3 +184,54 @@ def worker(**options: object) -> None:
 
 
 main.add_command(serving)
+
+
+@main.command()
+@click.argument("model_uri")
+@click.argument("outdir", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--dockerfile",
+    is_flag=True,
+    default=False,
+    envvar="MODELHOST_DOCKERFILE",
+    help="Also write a Dockerfile that builds an image of the bundle with no network.",
+)
+@click.option(
+    "--python-version",
+    default=None,
+    envvar="MODELHOST_PYTHON_VERSION",
+    help="The Python the bundle runs on, e.g. 3.12.  [default: this one's]",
+)
+@click.option(
+    "--index-url",
+    default=None,
+    envvar="MODELHOST_INDEX_URL",
+    help="The package index to fetch wheels from (this machine's pip and uv settings are not "
+    "used).  [default: PyPI]",
+)
+@click.option(
+    "--modelhost-wheel",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    envvar="MODELHOST_WHEEL",
+    help="A wheel of modelhost to bundle.  [default: built from the installed modelhost's source]",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    default=False,
+    help="Write into OUTDIR even if it is not empty, replacing the bundle's files in it.",
+)
+def package(**options: object) -> None:
+    """Write MODEL_URI, modelhost and every wheel they need into OUTDIR, to serve offline.
+
+    MODEL_URI is anything the MLflow client resolves. OUTDIR/serve then installs from the
+    bundle alone and serves the model: OUTDIR/serve --host 0.0.0.0 --port 5000.
+    """
+    from modelhost.packaging import PackageOptions, PackagingFailed
+    from modelhost.packaging import package as run
+
+    try:
+        run(PackageOptions(**options))  # type: ignore[arg-type]
+    except PackagingFailed as e:
+        raise click.ClickException(str(e)) from None

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 MIB = 1024 * 1024
+
+
+class EnvManager(StrEnum):
+    """Which Python environment a model is served in."""
+
+    AUTO = "auto"  # the current one when it satisfies the model, else one built for it
+    LOCAL = "local"  # always the current one
+    UV = "uv"  # always one built for the model with uv
 
 
 @dataclass(frozen=True)
@@ -24,6 +32,7 @@ class ServeSettings:
     max_batch_delay_ms: float = 2.0
     max_body_mb: float = 16.0
     timeout_s: float = 60.0
+    env_manager: str = EnvManager.AUTO.value  # one of EnvManager
     # Where the model's artifacts were downloaded to; set once by the parent process.
     local_path: str | None = None
 
@@ -58,10 +67,9 @@ class UpSettings:
     port: int = 8080
     registry_uri: str | None = None  # None: an embedded registry under the home
     demo: bool = False
+    max_body_mb: float = ServeSettings.max_body_mb
+    timeout_s: float = ServeSettings.timeout_s
 
-
-def configure_logging() -> None:
-    """One log format for every modelhost process, written for the person on call."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * MIB)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import uvicorn
 
@@ -15,9 +16,17 @@ from modelhost.registry.embedded import EmbeddedRegistry
 log = logging.getLogger("modelhost")
 
 
+# The controller reads the registry every second, and a read that fails is simply made again
+# at the next tick; MLflow's own retries (minutes of back-off) would only stall it, and keep
+# Ctrl-C waiting for a registry that is gone.
+REGISTRY_CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
 def run(settings: UpSettings) -> None:
     """Run until interrupted; everything started here is stopped on the way out."""
     settings.home.mkdir(parents=True, exist_ok=True)
+    for name, value in REGISTRY_CLIENT_ENV.items():
+        os.environ.setdefault(name, value)
     embedded = None
     registry_url = settings.registry_uri
     if registry_url is None or not registry_url.startswith(("http://", "https://")):
@@ -33,15 +42,18 @@ def run(settings: UpSettings) -> None:
         if settings.demo:
             _serve_demo(registry_url, store, url)
         log.info("modelhost is up on %s; point MLflow at it: MLFLOW_TRACKING_URI=%s", url, url)
-        controller = Controller(registry_url, store, settings.home)
+        controller = Controller(settings, registry_url, store)
+        gateway = Gateway(settings, registry_url, controller)
         uvicorn.run(
-            Gateway(registry_url, controller),
+            gateway,
             host=settings.host,
             port=settings.port,
             http="httptools",
             loop="uvloop",
             lifespan="on",
             access_log=False,
+            proxy_headers=False,  # client addresses are never used: skip reading them per request
+            server_header=False,
             log_level="info",
             timeout_graceful_shutdown=10,
         )

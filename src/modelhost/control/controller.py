@@ -12,7 +12,6 @@ import hashlib
 import logging
 import os
 import re
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -21,8 +20,10 @@ from pathlib import Path
 import httpx
 from mlflow import MlflowClient
 
+from modelhost.config import UpSettings
 from modelhost.control.store import StateStore
 from modelhost.net import free_port
+from modelhost.processes import stop_group
 
 log = logging.getLogger("modelhost.controller")
 
@@ -63,10 +64,11 @@ def server_log(logs: Path, name: str) -> Path:
 class ModelServerProcess:
     """One `modelhost worker` for one registered model."""
 
-    def __init__(self, name: str, registry_url: str, logs: Path) -> None:
+    def __init__(self, name: str, registry_url: str, logs: Path, options: list[str]) -> None:
         self.name = name
         self.registry_url = registry_url
         self.log_path = server_log(logs, name)
+        self.options = options  # `modelhost worker` flags
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self.client: httpx.AsyncClient | None = None
@@ -79,7 +81,8 @@ class ModelServerProcess:
         env = {**os.environ, "MLFLOW_TRACKING_URI": self.registry_url}
         with open(self.log_path, "ab") as output:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "modelhost", "worker", "--port", str(self.port)],
+                [sys.executable, "-m", "modelhost", "worker", "--port", str(self.port),
+                 *self.options],
                 stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=env, start_new_session=True,
             )  # fmt: skip
@@ -91,23 +94,23 @@ class ModelServerProcess:
     async def stop(self) -> None:
         if self.client is not None:
             await self.client.aclose()
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                await asyncio.to_thread(self.process.wait, 15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        if self.process is not None:
+            await asyncio.to_thread(stop_group, self.process, 15)
 
 
 class Controller:
     """Reconciles every `interval_s`; the gateway reads `routes`."""
 
-    def __init__(self, registry_url: str, store: StateStore, home: Path, interval_s: float = 1.0):
+    def __init__(
+        self, settings: UpSettings, registry_url: str, store: StateStore, interval_s: float = 1.0
+    ) -> None:
         self.registry = MlflowClient(tracking_uri=registry_url, registry_uri=registry_url)
         self.registry_url = registry_url
         self.store = store
-        self.logs = home / "logs"
+        self.logs = settings.home / "logs"
+        self.worker_options = [
+            "--max-body-mb", str(settings.max_body_mb), "--timeout", str(settings.timeout_s)
+        ]  # fmt: skip
         self.interval_s = interval_s
         self.routes: dict[str, ModelRoutes] = {}
         self._servers: dict[str, ModelServerProcess] = {}
@@ -240,7 +243,7 @@ class Controller:
             restarts = server.restarts + 1
         else:
             self.store.record(name, "Serving enabled: starting the model server.")
-        server = ModelServerProcess(name, self.registry_url, self.logs)
+        server = ModelServerProcess(name, self.registry_url, self.logs, self.worker_options)
         server.restarts = restarts
         server.start()
         self._servers[name] = server

@@ -9,14 +9,19 @@ from http import HTTPStatus
 import httpx
 import orjson
 
-from modelhost.asgi import Receive, Scope, Send, respond
+from modelhost.asgi import Receive, Scope, Send, read_body, respond
+from modelhost.config import UpSettings
 from modelhost.control.controller import Controller
-from modelhost.errors import ModelhostError, NotFound, NotReady
-from modelhost.gateway.proxy import Upstream
+from modelhost.errors import ModelhostError, NotFound, NotReady, Timeout
+from modelhost.gateway.pool import ConnectionPool, UpstreamClosed
+from modelhost.gateway.proxy import HOP_BY_HOP, Upstream
 from modelhost.gateway.serving import PREFIXES as SERVING_PREFIXES
 from modelhost.gateway.serving import ServingAPI
 
 log = logging.getLogger("modelhost.gateway")
+
+# The pool sets its own framing (Content-Length) and connection handling.
+NOT_FORWARDED = HOP_BY_HOP | {b"content-length"}
 
 # What MLflow clients call, all answered by the registry (the tracking server).
 REGISTRY_PREFIXES = (
@@ -30,19 +35,25 @@ REGISTRY_PREFIXES = (
 class Gateway:
     """The ASGI app behind modelhost's one port."""
 
-    def __init__(self, registry_url: str, controller: Controller) -> None:
+    def __init__(self, settings: UpSettings, registry_url: str, controller: Controller) -> None:
+        self.settings = settings
         self.registry_url = registry_url
         self.controller = controller
         self.serving_api = ServingAPI(controller)
         self._registry: Upstream | None = None
-        self._model_servers: dict[int, Upstream] = {}
+        self._pools: dict[int, ConnectionPool] = {}  # by model server port
         self._controlling: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         elif scope["type"] == "http":
-            await self._http(scope, receive, send)
+            try:
+                await self._http(scope, receive, send)
+            except Exception as e:  # a bug of ours or a library's: say so, keep serving
+                log.exception("Answering %s %s failed unexpectedly", scope["method"], scope["path"])
+                error = ModelhostError(f"The gateway failed unexpectedly: {type(e).__name__}: {e}")
+                await respond(send, error.status, error.body())
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -55,9 +66,10 @@ class Gateway:
                 if self._controlling:
                     self._controlling.cancel()
                 await self.controller.stop()
-                for upstream in [self._registry, *self._model_servers.values()]:
-                    if upstream:
-                        await upstream.close()
+                if self._registry:
+                    await self._registry.close()
+                for pool in self._pools.values():
+                    pool.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -80,29 +92,60 @@ class Gateway:
     async def _score(self, scope: Scope, receive: Receive, send: Send) -> None:
         """/model/<name>/<version | stage | alias>/invocations, to the model's server."""
         name, _, ref = scope["path"][len("/model/") : -len("/invocations")].rpartition("/")
+        headers: tuple[tuple[bytes, bytes], ...] = ()
+        try:
+            version, port = self._route(name, ref)
+            pool = self._pools.get(port) or self._pool(port)
+            body = await read_body(dict(scope["headers"]), receive, self.settings.max_body_bytes)
+            forwarded = [(k, v) for k, v in scope["headers"] if k not in NOT_FORWARDED]
+            async with asyncio.timeout(self.settings.timeout_s + 5):  # the server's own, first
+                answer = await pool.request(
+                    "POST", f"/versions/{version}/invocations", forwarded, body
+                )
+        except ModelhostError as e:
+            if isinstance(e, NotReady):
+                headers = ((b"retry-after", b"1"),)
+            await respond(send, e.status, e.body(), headers=headers)
+            return
+        except UpstreamClosed as e:
+            error = NotReady(f"The model server of '{name}' is restarting; send again shortly. {e}")
+            await respond(send, error.status, error.body(), headers=((b"retry-after", b"1"),))
+            return
+        except TimeoutError:
+            error = Timeout(f"The model server of '{name}' did not answer in time.")
+            await respond(send, error.status, error.body())
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": answer.status,
+                "headers": [
+                    *((k, v) for k, v in answer.headers if k not in HOP_BY_HOP),
+                    # Which version answered: a stage or alias names a different one over time.
+                    (b"x-modelhost-version", version.encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": answer.body})
+
+    def _route(self, name: str, ref: str) -> tuple[str, int]:
+        """The ready version `ref` names and its server's port; NotFound or NotReady."""
         routes = self.controller.routes.get(name)
         version = routes.resolve(ref) if routes else None
         if routes is None or version is None:
-            error: ModelhostError = NotFound(
-                f"No served model '{name}' with a version, stage or alias '{ref}'."
-            )
-            await respond(send, error.status, error.body())
-            return
+            raise NotFound(f"No served model '{name}' with a version, stage or alias '{ref}'.")
         state = routes.versions.get(version, {}).get("state")
         if routes.port is None or state != "VERSION_STATE_READY":
-            error = NotReady(f"Version {version} of '{name}' is not ready yet; send again shortly.")
-            await respond(send, error.status, error.body(), headers=((b"retry-after", b"1"),))
-            return
-        upstream = self._model_servers.get(routes.port)
-        if upstream is None:
-            upstream = self._model_servers[routes.port] = Upstream(
-                f"http://127.0.0.1:{routes.port}"
-            )
-        # Which version answered: a stage or alias names a different one over time.
-        answered_by = ((b"x-modelhost-version", version.encode()),)
-        await upstream.forward(
-            scope, receive, send, f"/versions/{version}/invocations", answered_by
-        )
+            raise NotReady(f"Version {version} of '{name}' is not ready yet; send again shortly.")
+        return version, routes.port
+
+    def _pool(self, port: int) -> ConnectionPool:
+        """A pool for a new model server; those of servers that are gone are closed."""
+        live = {routes.port for routes in self.controller.routes.values()}
+        for gone in self._pools.keys() - live:
+            self._pools.pop(gone).close()
+        pool = self._pools[port] = ConnectionPool(port)
+        return pool
 
     async def _health(self, send: Send) -> None:
         """Ready when the registry answers."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+import os
 from http import HTTPStatus
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -11,20 +11,22 @@ from urllib.parse import parse_qs
 import orjson
 from mlflow.exceptions import MlflowException
 
+from modelhost import logs
 from modelhost.asgi import Receive, Scope, Send, respond
 from modelhost.control.controller import Controller
 from modelhost.errors import InvalidInput, ModelhostError, NotFound
 
 PREFIXES = ("/api/2.0/preview/mlflow/endpoints/", "/api/2.0/mlflow/endpoints/")
 LOG_LINES = 2000  # the tail of a model server's log that `logs` returns
+LOG_BYTES = 8 * 1024 * 1024  # read from the end of the log, to find those lines in
 
 
 class ServingAPI:
     """enable, disable, get-status, list, list-versions, events and logs.
 
     `logs` returns the tail of the model server's log, which every version of the model shares
-    (its loading output and tracebacks); `endpoint_version_name` is accepted but not yet used
-    to pick one version's lines.
+    (its loading output and tracebacks), or with `endpoint_version_name` the lines about that
+    version.
     """
 
     def __init__(self, controller: Controller) -> None:
@@ -72,7 +74,9 @@ class ServingAPI:
         if action == "events":
             return {"events": self.store.events(name)}
         if action == "logs":
-            return {"logs": await asyncio.to_thread(_tail, self.controller.log_path(name))}
+            version = query.get("endpoint_version_name", [None])[0]
+            path = self.controller.log_path(name)
+            return {"logs": await asyncio.to_thread(_tail, path, version)}
         raise NotFound(f"No serving action {action!r}.")
 
     def _status(self, name: str) -> dict:
@@ -109,12 +113,17 @@ class ServingAPI:
             raise NotFound(f"Serving is not enabled for '{name}'.")
 
 
-def _tail(path: Path, lines: int = LOG_LINES) -> str:
+def _tail(path: Path, version: str | None) -> str:
+    """The last lines of a model server's log, or of its records about one version."""
     try:
-        with open(path, errors="replace") as log:
-            return "".join(deque(log, maxlen=lines))
+        with open(path, "rb") as log:
+            log.seek(max(log.seek(0, os.SEEK_END) - LOG_BYTES, 0))
+            text = log.read().decode(errors="replace")
     except FileNotFoundError:
         return ""
+    if version is not None:
+        text = logs.of_version(text, version)
+    return "".join(text.splitlines(keepends=True)[-LOG_LINES:])
 
 
 def _one(query: dict[str, list[str]], key: str) -> str:

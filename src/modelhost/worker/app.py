@@ -10,7 +10,7 @@ from http import HTTPStatus
 import mlflow
 import orjson
 
-from modelhost.asgi import Receive, Scope, Send, respond
+from modelhost.asgi import Receive, Scope, Send, read_body, respond
 from modelhost.config import ServeSettings
 from modelhost.errors import (
     InvalidInput,
@@ -18,7 +18,6 @@ from modelhost.errors import (
     ModelhostError,
     NotFound,
     NotReady,
-    PayloadTooLarge,
     Timeout,
 )
 from modelhost.worker import metrics, protocol
@@ -132,7 +131,7 @@ class ModelServer:
             assert batcher is not None and model is not None, "a ready version has both"
             with batcher.arriving():
                 request_headers = dict(scope["headers"])
-                body = await _read_body(request_headers, receive, self.settings.max_body_bytes)
+                body = await read_body(request_headers, receive, self.settings.max_body_bytes)
                 model_input = await _parse(body, request_headers.get(b"content-type"), model)
             async with asyncio.timeout(self.settings.timeout_s):
                 answer = await batcher.score(model_input)
@@ -169,7 +168,7 @@ class ModelServer:
         await respond(send, HTTPStatus.OK, version.metadata)
 
     async def _load(self, name: str, receive: Receive, send: Send) -> None:
-        body = await _read_body({}, receive, 64 * 1024)
+        body = await read_body({}, receive, 64 * 1024)
         try:
             request = orjson.loads(body)
             model_uri = request["model_uri"]
@@ -228,31 +227,10 @@ async def _parse(
     return await asyncio.to_thread(protocol.parse, *args)
 
 
-async def _read_body(headers: dict[bytes, bytes], receive: Receive, limit: int) -> bytes:
-    too_large = PayloadTooLarge(
-        f"The body is larger than the limit of {limit} bytes. Send fewer rows per request, "
-        "or raise the limit with --max-body-mb."
-    )
-    declared = headers.get(b"content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_large
-    chunks = []
-    size = 0
-    while True:
-        message = await receive()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks) if len(chunks) != 1 else chunks[0]
-
-
 def create_app() -> ModelServer:
     """Factory the ASGI server calls in each worker process: load the model, then serve it."""
     settings = ServeSettings.from_env()
-    versions = Versions(settings)
+    versions = Versions(settings, tag_logs=False)
     versions.adopt(DEFAULT_VERSION, ServedModel.load(settings.model_uri, settings.local_path))
     log.info("Loaded %s; answering on /invocations.", settings.model_uri)
     return ModelServer(settings, versions, default=DEFAULT_VERSION, control=False)
@@ -261,4 +239,4 @@ def create_app() -> ModelServer:
 def create_platform_app() -> ModelServer:
     """Factory for a platform server: it starts empty and loads the versions it is told to."""
     settings = ServeSettings.from_env()
-    return ModelServer(settings, Versions(settings), default=None, control=True)
+    return ModelServer(settings, Versions(settings, tag_logs=True), default=None, control=True)

@@ -16,6 +16,7 @@ request deadlines while it works.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections import deque
@@ -29,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from modelhost.errors import ModelFailed, ModelhostError, NotReady
+from modelhost.logs import VERSION
 from modelhost.worker.model import ServedModel, render
 from modelhost.worker.protocol import ModelInput, Table
 
@@ -53,7 +55,9 @@ class Batcher:
         max_batch_size: int,
         max_batch_delay: float,
         on_predict: Callable[[int, float], None] = lambda rows, seconds: None,
+        version: str | None = None,
     ) -> None:
+        self._version = version  # tags what is logged while predicting for it
         self._model = model
         self._max_rows = max_batch_size
         self._max_delay = max_batch_delay
@@ -62,13 +66,17 @@ class Batcher:
         self._arriving = 0  # requests being read and parsed, soon to be waiting
         self._expected = 1  # requests in the last batch: as many clients are likely coming back
         self._wakeup = asyncio.Event()
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="predict")
+        self._thread = ThreadPoolExecutor(
+            1, thread_name_prefix="predict", initializer=VERSION.set, initargs=(version,)
+        )
         self._row_aligned = True  # until the model answers a batch otherwise
         self._typical_call_s = INLINE_PREDICT_S  # a moving average; unknown at first
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="batcher")
+        context = contextvars.copy_context()
+        context.run(VERSION.set, self._version)
+        self._task = asyncio.create_task(self._run(), name="batcher", context=context)
 
     async def stop(self) -> None:
         """Stop calling the model; requests still waiting are told the version is gone."""

@@ -6,20 +6,26 @@ import dataclasses
 import logging
 import os
 import shutil
+import sys
 import tempfile
 
 import uvicorn
 
-from modelhost.config import ServeSettings
+from modelhost.config import EnvManager, ServeSettings, default_home
+from modelhost.logs import configure_logging
 from modelhost.worker.model import download
 
 log = logging.getLogger("modelhost.worker")
 
 
 def serve(settings: ServeSettings) -> None:
-    """Serve one model until interrupted."""
-    log.info("Fetching the artifacts of %s", settings.model_uri)
-    settings = dataclasses.replace(settings, local_path=download(settings.model_uri))
+    """Serve one model until interrupted, in the Python environment it declares."""
+    if settings.local_path is None:
+        log.info("Fetching the artifacts of %s", settings.model_uri)
+        settings = dataclasses.replace(settings, local_path=download(settings.model_uri))
+    if settings.env_manager != EnvManager.LOCAL:
+        # Returns only if the current environment serves the model.
+        _enter_model_environment(settings, settings.local_path)
     metrics_dir = None
     if settings.workers > 1:
         # Each worker writes its metrics here, so /metrics sums them whichever worker answers.
@@ -34,6 +40,32 @@ def serve(settings: ServeSettings) -> None:
     finally:
         if metrics_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _enter_model_environment(settings: ServeSettings, local_path: str) -> None:
+    """Re-run this server in the model's own environment, unless it is the current one."""
+    from modelhost.control.environments import prepare
+    from modelhost.control.requirements import read_requirements
+
+    environment = prepare(
+        read_requirements(local_path),
+        settings.env_manager,
+        default_home() / "envs",
+        log=logging.getLogger("modelhost.environment").info,
+    )
+    if environment.current:
+        return
+    log.info("Starting the server again with %s", environment.python)
+    # The same settings, artifacts already fetched; `local` so the new process stays put.
+    dataclasses.replace(settings, env_manager=EnvManager.LOCAL).export()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # exec keeps this process's id and group, so Ctrl-C and SIGTERM reach the new server as
+    # they would have reached this one, and nothing is left to supervise.
+    python = str(environment.python)
+    os.execve(
+        python, [python, "-m", "modelhost.worker.server"], environment.process_env(os.environ)
+    )
 
 
 def serve_versions(settings: ServeSettings) -> None:
@@ -60,3 +92,8 @@ def _run(factory: str, settings: ServeSettings) -> None:
         timeout_graceful_shutdown=10,
         backlog=4096,
     )
+
+
+if __name__ == "__main__":  # how `serve` starts itself again in the model's environment
+    configure_logging()
+    serve(ServeSettings.from_env())

@@ -13,6 +13,7 @@ import orjson
 
 from modelhost.config import ServeSettings
 from modelhost.errors import Conflict
+from modelhost.logs import VERSION
 from modelhost.worker import metrics
 from modelhost.worker.batching import Batcher
 from modelhost.worker.model import ServedModel
@@ -51,8 +52,9 @@ class Version:
 class Versions:
     """Loads versions off the event loop, so a version that loads or fails never stalls the rest."""
 
-    def __init__(self, settings: ServeSettings) -> None:
+    def __init__(self, settings: ServeSettings, tag_logs: bool) -> None:
         self.settings = settings
+        self.tag_logs = tag_logs  # mark each log line with the version it is about
         self._versions: dict[str, Version] = {}
 
     def get(self, name: str) -> Version | None:
@@ -94,6 +96,8 @@ class Versions:
         return version
 
     async def _load(self, version: Version) -> None:
+        if self.tag_logs:
+            VERSION.set(version.name)  # this task's own context, and its loading thread's
         log.info("Loading version %s from %s", version.name, version.model_uri)
         try:
             model = await asyncio.to_thread(ServedModel.load, version.model_uri)
@@ -113,6 +117,7 @@ class Versions:
             self.settings.max_batch_size,
             self.settings.max_batch_delay_ms / 1000,
             metrics.observe_predict,
+            version.name if self.tag_logs else None,
         )
         if start:
             batcher.start()
@@ -128,7 +133,7 @@ class Versions:
         if version is None:
             return False
         await _stop(version)
-        log.info("Version %s is unloaded", name)
+        log.info("Version %s is unloaded", name, extra={"version": name} if self.tag_logs else None)
         return True
 
     async def close(self) -> None:

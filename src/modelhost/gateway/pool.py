@@ -1,0 +1,147 @@
+"""Kept-alive HTTP/1.1 connections to one model server: the scoring path's only hop.
+
+Every scoring request crosses the gateway, so this does the least it can: one write per request,
+httptools (uvicorn's own parser) to read the answer, and idle connections reused. It speaks
+only to modelhost's model servers on loopback, which answer every request with a
+Content-Length, so it needs none of a general client's features (redirects, cookies, TLS,
+compression, proxies). The registry's traffic goes through `proxy.Upstream` instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+from typing import cast
+
+import httptools
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+class UpstreamClosed(ConnectionError):
+    """The model server closed the connection, or could not be reached."""
+
+
+class _Connection(asyncio.Protocol):
+    """One connection; it carries one request at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.answer: asyncio.Future[Response] | None = None
+        self.received = False  # any byte of the current answer came back
+        self._parser = httptools.HttpResponseParser(self)
+        self._status = 0
+        self._keep_alive = False
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._fail(UpstreamClosed("The model server closed the connection."))
+
+    def data_received(self, data: bytes) -> None:
+        self.received = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as e:
+            self._fail(UpstreamClosed(f"The model server answered what is not HTTP: {e}"))
+            self.close()
+
+    # httptools' callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self._status = self._parser.get_status_code()
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        # httptools forgets this once the message is done: ask while it still knows.
+        self._keep_alive = self._parser.should_keep_alive()
+        if self.answer is not None and not self.answer.done():
+            self.answer.set_result(Response(self._status, self._headers, b"".join(self._body)))
+
+    def send(self, request: bytes) -> asyncio.Future[Response]:
+        assert self.transport is not None
+        self.answer = asyncio.get_running_loop().create_future()
+        self.received = False
+        self._headers, self._body = [], []
+        self.transport.write(request)
+        return self.answer
+
+    def reusable(self) -> bool:
+        return self.transport is not None and self._keep_alive
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def _fail(self, error: Exception) -> None:
+        if self.answer is not None and not self.answer.done():
+            self.answer.set_exception(error)
+
+
+class ConnectionPool:
+    """Connections to one model server on 127.0.0.1, opened as needed and kept while idle."""
+
+    def __init__(self, port: int, max_idle: int = 128) -> None:
+        self.port = port
+        self.max_idle = max_idle
+        self._idle: deque[_Connection] = deque()
+
+    async def request(
+        self, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> Response:
+        """Send one request and read its whole answer; raises UpstreamClosed."""
+        head = [f"{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n".encode("latin-1")]
+        head.extend(b"%s: %s\r\n" % pair for pair in headers)
+        head.append(b"content-length: %d\r\n\r\n" % len(body))
+        request = b"".join([*head, body])
+        while self._idle:
+            connection = self._idle.pop()
+            if connection.transport is None:
+                continue
+            try:
+                return await self._exchange(connection, request)
+            except UpstreamClosed:
+                # The server may close an idle connection just as it is reused: if nothing
+                # came back, the request never reached it, so send it again on a fresh one.
+                if connection.received:
+                    raise
+        return await self._exchange(await self._open(), request)
+
+    async def _exchange(self, connection: _Connection, request: bytes) -> Response:
+        try:
+            response = await connection.send(request)
+        except BaseException:
+            connection.close()  # an answer may still be on its way: never reuse it
+            raise
+        if connection.reusable() and len(self._idle) < self.max_idle:
+            self._idle.append(connection)
+        else:
+            connection.close()
+        return response
+
+    async def _open(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            _, connection = await loop.create_connection(_Connection, "127.0.0.1", self.port)
+        except OSError as e:
+            message = f"The model server on port {self.port} did not answer: {e}"
+            raise UpstreamClosed(message) from None
+        return connection
+
+    def close(self) -> None:
+        while self._idle:
+            self._idle.pop().close()
