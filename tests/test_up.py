@@ -92,11 +92,19 @@ def test_mlflow_client_registers_and_loads_through_the_gateway(tmp_path, iris, t
         mlflow.set_tracking_uri(platform.url)
         mlflow.set_experiment("iris")
         model = LogisticRegression(max_iter=1000).fit(iris, labels)
-        with mlflow.start_run():
+        # An artifact over the scoring body limit (16 MB) passes: uploads are not scoring.
+        large = tmp_path / "large.bin"
+        large.write_bytes(os.urandom(17 * 1024 * 1024))
+        with mlflow.start_run() as run:
             info = mlflow.sklearn.log_model(
                 model, name="model", input_example=iris.head(2), registered_model_name="iris",
                 pip_requirements=["mlflow", "scikit-learn"],
             )  # fmt: skip
+            mlflow.log_artifact(str(large))
+        fetched = mlflow.artifacts.download_artifacts(
+            run_id=run.info.run_id, artifact_path="large.bin", dst_path=str(tmp_path / "fetched")
+        )
+        assert Path(fetched).read_bytes() == large.read_bytes()
         client = MlflowClient()
         client.set_registered_model_alias("iris", "champion", "1")
         assert client.get_model_version_by_alias("iris", "champion").version == "1"
@@ -110,6 +118,13 @@ def test_mlflow_client_registers_and_loads_through_the_gateway(tmp_path, iris, t
         missing = httpx.get(f"{platform.url}/no/such/route")
         assert missing.status_code == 404
         assert missing.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
+
+        spec = httpx.get(f"{platform.url}/openapi.json").json()
+        assert "/model/{name}/{ref}/invocations" in spec["paths"]
+        assert "/api/2.0/preview/mlflow/endpoints/list-versions" in spec["paths"]
+        docs = httpx.get(f"{platform.url}/docs")
+        assert docs.headers["content-type"].startswith("text/html")
+        assert "/api/2.0/preview/mlflow/endpoints/enable" in docs.text
 
     # A restart on the same home finds what was registered.
     with Platform(tmp_path / "home") as platform:

@@ -13,6 +13,7 @@ from modelhost.asgi import Receive, Scope, Send, read_body, respond
 from modelhost.config import UpSettings
 from modelhost.control.controller import Controller
 from modelhost.errors import ModelhostError, NotFound, NotReady, Timeout
+from modelhost.gateway import openapi
 from modelhost.gateway.pool import ConnectionPool, UpstreamClosed
 from modelhost.gateway.proxy import HOP_BY_HOP, Upstream
 from modelhost.gateway.serving import PREFIXES as SERVING_PREFIXES
@@ -85,6 +86,10 @@ class Gateway:
             await self._registry.forward(scope, receive, send)
         elif path == "/health":
             await self._health(send)
+        elif path == "/openapi.json":
+            await respond(send, HTTPStatus.OK, openapi.spec_json())
+        elif path == "/docs":
+            await respond(send, HTTPStatus.OK, openapi.page(), b"text/html; charset=utf-8")
         else:
             error = NotFound(f"No route {path}.")
             await respond(send, error.status, error.body())
