@@ -5,7 +5,7 @@ then drives `/model/<name>/1/invocations` on the gateway and `/versions/1/invoca
 model server behind it with the same wrk load, in turns, and prints the share of throughput
 the gateway keeps.
 
-    ./dev python benchmarks/gateway.py [--duration 5] [--rounds 3] [--connections 16]
+    ./dev python benchmarks/gateway.py [--duration 5] [--rounds 3] [--connections 16,64]
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -82,14 +83,19 @@ def register(url: str) -> None:
         )
 
 
-def worker_port(up: subprocess.Popen[bytes]) -> int:
-    """The model server's port, read from its command line: it is the gateway's child."""
+def worker_pid(up: subprocess.Popen[bytes]) -> int:
+    """The model server: the one `modelhost worker` the gateway started."""
     children = subprocess.run(
         ["pgrep", "-P", str(up.pid), "-f", "modelhost worker"], capture_output=True, text=True
     ).stdout.split()
     if len(children) != 1:
         raise BenchmarkError(f"expected one model server, found {children}")
-    command = Path(f"/proc/{children[0]}/cmdline").read_bytes().split(b"\0")
+    return int(children[0])
+
+
+def worker_port(pid: int) -> int:
+    """The model server's port, read from its command line."""
+    command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     return int(command[command.index(b"--port") + 1])
 
 
@@ -110,45 +116,85 @@ def run(args: argparse.Namespace) -> None:
             register(gateway)
             get_json(f"{gateway}{API}/enable", {"registered_model_name": MODEL})
             wait(lambda: version_states(gateway) == ["VERSION_STATE_READY"], "version 1 ready")
-            direct = f"http://127.0.0.1:{worker_port(up)}/versions/1/invocations"
+            worker = worker_pid(up)
+            direct = f"http://127.0.0.1:{worker_port(worker)}/versions/1/invocations"
             targets = {"gateway": f"{gateway}/model/{MODEL}/1/invocations", "direct": direct}
             body_file = Path(tmp) / "one-row.json"
             body_file.write_bytes(request_body(iris_rows(1)))
             lua = write_lua(body_file)
-            runs: dict[str, list[WrkResult]] = {name: [] for name in targets}
-            for round_number in range(args.rounds):
-                for name, url in targets.items():
-                    if round_number == 0:
-                        run_wrk(url, lua, args.connections, WARMUP_S)
-                    measured = run_wrk(url, lua, args.connections, args.duration)
-                    runs[name].append(measured)
-                    print(
-                        f"  round {round_number + 1} {name:<8} {measured.requests_per_s:>9.1f}"
-                        f" req/s  p99 {measured.p99_ms:.1f} ms  errors {measured.errors}",
-                        flush=True,
-                    )
+            results = {
+                c: measure(targets, lua, c, args, (up.pid, worker)) for c in args.connections
+            }
         finally:
             os.killpg(up.pid, signal.SIGINT)
             try:
                 up.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(up.pid, signal.SIGKILL)
+    print(f"\n1-row requests, median of {args.rounds} runs; CPU: microseconds per request")
+    print(f"{'connections':>11} {'path':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'gateway CPU':>11} {'server CPU':>10} {'errors':>6}")  # fmt: skip
+    for connections, (medians, cpu) in results.items():
+        for name, result in medians.items():
+            gateway_cpu, server_cpu = cpu[name]
+            print(
+                f"{connections:>11} {name:<8} {result.requests_per_s:>9.1f} "
+                f"{result.p50_ms:>8.2f} {result.p99_ms:>8.2f} {gateway_cpu:>11.0f} "
+                f"{server_cpu:>10.0f} {result.errors:>6}"
+            )
+        kept = medians["gateway"].requests_per_s / medians["direct"].requests_per_s
+        print(f"{connections:>11} the gateway keeps {kept:.0%} of the direct throughput")
+
+
+def measure(
+    targets: dict[str, str],
+    lua: Path,
+    connections: int,
+    args: argparse.Namespace,
+    pids: tuple[int, int],
+) -> tuple[dict[str, WrkResult], dict[str, tuple[float, float]]]:
+    """Each target's median run, and the CPU microseconds per request of gateway and server."""
+    runs: dict[str, list[WrkResult]] = {name: [] for name in targets}
+    cpu: dict[str, list[tuple[float, float]]] = {name: [] for name in targets}
+    for round_number in range(args.rounds):
+        for name, url in targets.items():
+            if round_number == 0:
+                run_wrk(url, lua, connections, WARMUP_S)
+            before = [cpu_seconds(pid) for pid in pids]
+            measured = run_wrk(url, lua, connections, args.duration)
+            used = [cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True)]
+            runs[name].append(measured)
+            cpu[name].append(tuple(1e6 * u / max(measured.requests, 1) for u in used))
+            print(
+                f"  {connections} connections, round {round_number + 1}, {name:<8} "
+                f"{measured.requests_per_s:>9.1f} req/s  p99 {measured.p99_ms:.1f} ms  "
+                f"errors {measured.errors}",
+                flush=True,
+            )
     medians = {name: median_run(measured) for name, measured in runs.items()}
-    print(f"\n1-row requests, {args.connections} connections, median of {args.rounds} runs")
-    for name, result in medians.items():
-        print(
-            f"{name:<8} {result.requests_per_s:>9.1f} req/s  p50 {result.p50_ms:.2f} ms"
-            f"  p99 {result.p99_ms:.2f} ms  errors {result.errors}"
-        )
-    kept = medians["gateway"].requests_per_s / medians["direct"].requests_per_s
-    print(f"the gateway keeps {kept:.0%} of the direct throughput")
+    cpu_medians = {
+        name: tuple(statistics.median(column) for column in zip(*per_run, strict=True))
+        for name, per_run in cpu.items()
+    }
+    return medians, cpu_medians  # type: ignore[return-value]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=positive_int, default=5, help="seconds per run")
     parser.add_argument("--rounds", type=positive_int, default=3, help="runs per target")
-    parser.add_argument("--connections", type=positive_int, default=16)
+    parser.add_argument(
+        "--connections",
+        type=lambda text: [positive_int(c) for c in text.split(",")],
+        default=[16, 64],
+        help="comma-separated concurrency levels (default: 16,64)",
+    )
     try:
         run(parser.parse_args())
     except BenchmarkError as error:
