@@ -153,6 +153,16 @@ def serve(**options: object) -> None:
     type=click.FloatRange(min=0, min_open=True),
     help="Seconds a scoring request may wait for its predictions before it gets 504.",
 )
+@click.option(
+    "--env-manager",
+    default=UpSettings.env_manager,
+    show_default=True,
+    envvar="MODELHOST_ENV_MANAGER",
+    type=click.Choice([m.value for m in EnvManager]),
+    help="Python environment of each model version, for models whose serving does not set "
+    "its own (`modelhost serving settings NAME --env-manager`): auto, local or uv, as for "
+    "`modelhost serve`.",
+)
 def up(**options: object) -> None:
     """Run modelhost: the MLflow registry and the gateway in front of it, on one port."""
     from modelhost.up import run
@@ -235,3 +245,4 @@ def package(**options: object) -> None:
         run(PackageOptions(**options))  # type: ignore[arg-type]
     except PackagingFailed as e:
         raise click.ClickException(str(e)) from None
+

@@ -69,6 +69,7 @@ class UpSettings:
     demo: bool = False
     max_body_mb: float = ServeSettings.max_body_mb
     timeout_s: float = ServeSettings.timeout_s
+    env_manager: str = EnvManager.AUTO.value  # for served models that do not set their own
 
     @property
     def max_body_bytes(self) -> int:

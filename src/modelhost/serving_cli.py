@@ -7,6 +7,8 @@ import json
 import click
 import httpx
 
+from modelhost.config import EnvManager
+
 PREFIX = "/api/2.0/preview/mlflow/endpoints"
 
 
@@ -55,15 +57,38 @@ def serving(ctx: click.Context, url: str, token: str | None) -> None:
 
 
 name_argument = click.argument("name")
+ENV_MANAGERS = click.Choice([m.value for m in EnvManager])
+ENV_MANAGER_HELP = (
+    "Python environment of each version: auto uses modelhost's own when it satisfies the "
+    "version's requirements and builds one with uv otherwise; local always uses modelhost's "
+    "own; uv always builds one."
+)
 
 
 @serving.command()
 @name_argument
+@click.option(
+    "--env-manager",
+    type=ENV_MANAGERS,
+    default=None,
+    help=f"{ENV_MANAGER_HELP}  [default: the one `modelhost up` was started with]",
+)
 @click.pass_obj
-def enable(client: ServingClient, name: str) -> None:
+def enable(client: ServingClient, name: str, env_manager: str | None) -> None:
     """Serve every non-archived version of registered model NAME."""
-    client.call("POST", "enable", registered_model_name=name)
+    fields = {"env_manager": env_manager} if env_manager else {}
+    client.call("POST", "enable", registered_model_name=name, **fields)
     click.echo(f"Serving enabled for {name}.")
+
+
+@serving.command()
+@name_argument
+@click.option("--env-manager", type=ENV_MANAGERS, required=True, help=ENV_MANAGER_HELP)
+@click.pass_obj
+def settings(client: ServingClient, name: str, env_manager: str) -> None:
+    """Change how NAME is served; its versions move once they are ready again."""
+    client.call("POST", "update-settings", registered_model_name=name, env_manager=env_manager)
+    click.echo(f"env_manager of {name} is {env_manager}.")
 
 
 @serving.command()

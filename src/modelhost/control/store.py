@@ -15,6 +15,8 @@ serving = sa.Table(
     metadata,
     sa.Column("registered_model_name", sa.String, primary_key=True),
     sa.Column("enabled_at", sa.Float, nullable=False),
+    # Which Python environment its versions run in (config.EnvManager); None: the platform's.
+    sa.Column("env_manager", sa.String, nullable=True),
 )
 
 events = sa.Table(
@@ -34,6 +36,14 @@ class StateStore:
     def __init__(self, url: str) -> None:
         self.engine = sa.create_engine(url)
         metadata.create_all(self.engine)
+        self._add_env_manager_column()
+
+    def _add_env_manager_column(self) -> None:
+        """A state database made before models had serving settings gets the column."""
+        columns = {c["name"] for c in sa.inspect(self.engine).get_columns("serving")}
+        if "env_manager" not in columns:
+            with self.engine.begin() as db:
+                db.execute(sa.text("ALTER TABLE serving ADD COLUMN env_manager VARCHAR"))
 
     @classmethod
     def in_home(cls, home: Path) -> StateStore:
@@ -59,6 +69,31 @@ class StateStore:
         with self.engine.connect() as db:
             rows = db.execute(sa.select(serving.c.registered_model_name).order_by("enabled_at"))
             return [row[0] for row in rows]
+
+    def served(self) -> dict[str, str | None]:
+        """Each served model's env_manager (None: the platform's default), oldest enabled first."""
+        query = sa.select(serving.c.registered_model_name, serving.c.env_manager)
+        with self.engine.connect() as db:
+            return {name: manager for name, manager in db.execute(query.order_by("enabled_at"))}
+
+    def env_manager(self, name: str) -> str | None:
+        """The env_manager set for served model `name`; None when it follows the default."""
+        query = sa.select(serving.c.env_manager).where(serving.c.registered_model_name == name)
+        with self.engine.connect() as db:
+            return db.execute(query).scalar()
+
+    def set_env_manager(self, name: str, env_manager: str) -> bool:
+        """Set a served model's env_manager; False if it is not served or already had it."""
+        with self.engine.begin() as db:
+            changed = db.execute(
+                serving.update()
+                .where(serving.c.registered_model_name == name)
+                .where(
+                    sa.or_(serving.c.env_manager.is_(None), serving.c.env_manager != env_manager)
+                )
+                .values(env_manager=env_manager)
+            )
+            return changed.rowcount > 0
 
     def record(self, name: str, message: str, version: str | None = None) -> None:
         with self.engine.begin() as db:

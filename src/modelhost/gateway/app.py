@@ -140,13 +140,14 @@ class Gateway:
         if routes is None or version is None:
             raise NotFound(f"No served model '{name}' with a version, stage or alias '{ref}'.")
         state = routes.versions.get(version, {}).get("state")
-        if routes.port is None or state != "VERSION_STATE_READY":
+        port = routes.ports.get(version)  # the server of the version's environment
+        if port is None or state != "VERSION_STATE_READY":
             raise NotReady(f"Version {version} of '{name}' is not ready yet; send again shortly.")
-        return version, routes.port
+        return version, port
 
     def _pool(self, port: int) -> ConnectionPool:
         """A pool for a new model server; those of servers that are gone are closed."""
-        live = {routes.port for routes in self.controller.routes.values()}
+        live = {p for routes in self.controller.routes.values() for p in routes.ports.values()}
         for gone in self._pools.keys() - live:
             self._pools.pop(gone).close()
         pool = self._pools[port] = ConnectionPool(port)

@@ -13,6 +13,7 @@ from mlflow.exceptions import MlflowException
 
 from modelhost import logs
 from modelhost.asgi import Receive, Scope, Send, respond
+from modelhost.config import EnvManager
 from modelhost.control.controller import Controller
 from modelhost.errors import InvalidInput, ModelhostError, NotFound
 
@@ -22,7 +23,7 @@ LOG_BYTES = 8 * 1024 * 1024  # read from the end of the log, to find those lines
 
 
 class ServingAPI:
-    """enable, disable, get-status, list, list-versions, events and logs.
+    """enable, disable, update-settings, get-status, list, list-versions, events and logs.
 
     `logs` returns the tail of the model server's log, which every version of the model shares
     (its loading output and tracebacks), or with `endpoint_version_name` the lines about that
@@ -43,11 +44,17 @@ class ServingAPI:
 
     async def _dispatch(self, scope: Scope, receive: Receive, action: str) -> dict:
         method = scope["method"]
-        if (method, action) in (("POST", "enable"), ("POST", "disable")):
-            name = await self._name_from_body(receive)
+        if method == "POST" and action in ("enable", "disable", "update-settings"):
+            name, fields = await self._name_from_body(receive)
             if action == "enable":
                 self._must_exist(name)
+                manager = _env_manager(fields, required=False)
                 self.store.enable(name)
+                if manager is not None:
+                    self._set_env_manager(name, manager)
+            elif action == "update-settings":
+                self._must_be_served(name)
+                self._set_env_manager(name, _env_manager(fields, required=True))
             else:
                 self._must_be_served(name)
                 self.store.disable(name)
@@ -83,9 +90,20 @@ class ServingAPI:
         routes = self.controller.routes.get(name)
         state = routes.state if routes else "ENDPOINT_STATE_PENDING"
         message = routes.message if routes else "Starting the model server."
-        return {"registered_model_name": name, "state": state, "state_message": message}
+        settings = {"env_manager": self.controller.env_manager(name)}
+        return {
+            "registered_model_name": name,
+            "state": state,
+            "state_message": message,
+            "settings": settings,
+        }
 
-    async def _name_from_body(self, receive: Receive) -> str:
+    def _set_env_manager(self, name: str, manager: str) -> None:
+        if self.store.set_env_manager(name, manager):
+            self.store.record(name, f"env_manager set to {manager}.")
+
+    async def _name_from_body(self, receive: Receive) -> tuple[str, dict]:
+        """The registered model a POST names, and every field of its body."""
         chunks = []
         while True:
             message = await receive()
@@ -93,12 +111,13 @@ class ServingAPI:
             if not message.get("more_body", False):
                 break
         try:
-            name = orjson.loads(b"".join(chunks))["registered_model_name"]
+            fields = orjson.loads(b"".join(chunks))
+            name = fields["registered_model_name"]
         except (orjson.JSONDecodeError, KeyError, TypeError):
-            name = None
+            fields, name = {}, None
         if not isinstance(name, str) or not name:
             raise InvalidInput('Send {"registered_model_name": "<name>"}.')
-        return name
+        return name, fields
 
     def _must_exist(self, name: str) -> None:
         try:
@@ -124,6 +143,21 @@ def _tail(path: Path, version: str | None) -> str:
     if version is not None:
         text = logs.of_version(text, version)
     return "".join(text.splitlines(keepends=True)[-LOG_LINES:])
+
+
+def _env_manager(fields: dict, required: bool) -> str | None:
+    """The `env_manager` a request sets: one of EnvManager; None when it sets none."""
+    value = fields.get("env_manager")
+    allowed = ", ".join(m.value for m in EnvManager)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or value not in {m.value for m in EnvManager}:
+        raise InvalidInput(
+            f"env_manager must be one of {allowed}, not {value!r}: auto serves a version in "
+            "modelhost's own environment when that satisfies its requirements and builds one "
+            "with uv otherwise, local always uses modelhost's own, uv always builds one."
+        )
+    return value
 
 
 def _one(query: dict[str, list[str]], key: str) -> str:

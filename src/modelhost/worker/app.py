@@ -172,14 +172,20 @@ class ModelServer:
         try:
             request = orjson.loads(body)
             model_uri = request["model_uri"]
+            local_path = request.get("local_path")  # the artifacts, when fetched already
             if not isinstance(model_uri, str) or not model_uri:
                 raise ValueError
+            if local_path is not None and (not isinstance(local_path, str) or not local_path):
+                raise ValueError
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            error = InvalidInput('Send {"model_uri": "<any URI the MLflow client resolves>"}.')
+            error = InvalidInput(
+                'Send {"model_uri": "<any URI the MLflow client resolves>"}, and optionally '
+                '"local_path": "<a folder holding its artifacts>".'
+            )
             await respond(send, error.status, error.body())
             return
         try:
-            version = self.versions.load(name, model_uri)
+            version = self.versions.load(name, model_uri, local_path)
         except ModelhostError as e:
             await respond(send, e.status, e.body())
             return

@@ -33,6 +33,7 @@ class Version:
 
     name: str
     model_uri: str
+    local_path: str | None = None  # its artifacts, fetched already; None: download them
     state: VersionState = VersionState.LOADING
     message: str = "Loading the model."
     model: ServedModel | None = None
@@ -65,7 +66,7 @@ class Versions:
 
     def adopt(self, name: str, model: ServedModel) -> Version:
         """Hold a model loaded before the server started; `start()` readies it."""
-        version = Version(name, model.uri)
+        version = Version(name, model.uri, model.local_path)
         self._versions[name] = version
         self._ready(version, model, start=False)
         return version
@@ -76,11 +77,13 @@ class Versions:
             if version.batcher is not None:
                 version.batcher.start()
 
-    def load(self, name: str, model_uri: str) -> Version:
+    def load(self, name: str, model_uri: str, local_path: str | None = None) -> Version:
         """Begin loading `model_uri` as version `name`; loading it again retries a failure.
 
-        A registry version's artifacts never change, so a name holds one URI for good: another
-        URI for a name already held is a conflict, to be unloaded first.
+        `local_path` holds the model's artifacts when they were fetched already (the platform
+        fetches each version once, to read what it needs). A registry version's artifacts never
+        change, so a name holds one URI for good: another URI for a name already held is a
+        conflict, to be unloaded first.
         """
         current = self._versions.get(name)
         if current is not None and current.model_uri != model_uri:
@@ -90,7 +93,7 @@ class Versions:
             )
         if current is not None and current.state != VersionState.FAILED:
             return current
-        version = Version(name, model_uri)
+        version = Version(name, model_uri, local_path)
         self._versions[name] = version
         version._loading = asyncio.create_task(self._load(version))
         return version
@@ -100,7 +103,7 @@ class Versions:
             VERSION.set(version.name)  # this task's own context, and its loading thread's
         log.info("Loading version %s from %s", version.name, version.model_uri)
         try:
-            model = await asyncio.to_thread(ServedModel.load, version.model_uri)
+            model = await asyncio.to_thread(ServedModel.load, version.model_uri, version.local_path)
         except Exception as e:
             log.exception("Version %s failed to load from %s", version.name, version.model_uri)
             version.state = VersionState.FAILED

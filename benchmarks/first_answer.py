@@ -1,0 +1,267 @@
+"""Time to first answer of a new model version: `modelhost up` against `mlflow models serve`.
+
+Starts `modelhost up` with a fresh home and `--env-manager uv` (every version in an environment
+built for it), registers a 50-tree random forest and measures, from `log_model` returning to the
+first 200 at `/model/<name>/<version>/invocations`:
+
+- a fresh environment: the first version, whose environment is built (uv's package cache warm);
+- a cached environment, new version: a second version of that model, the same requirements;
+- a cached environment, new model: another registered model with the same requirements, which
+  gets a model server of its own in the cached environment;
+- modelhost's own environment (env_manager local) for a new model.
+
+Then `mlflow models serve -m models:/<name>/1` with `--env-manager uv` (a fresh environment
+root, then the same root again) and `--env-manager local`, from the command starting to its
+first 200. Prints a table and the ratios.
+
+    ./dev python benchmarks/first_answer.py [--rounds 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import mlflow
+import orjson
+import sklearn
+import skops
+from mlflow import MlflowClient
+from serving import (
+    BenchmarkError,
+    free_port,
+    iris_rows,
+    log_tail,
+    positive_int,
+    request_body,
+    server_env,
+    stop_group,
+)
+from sklearn.datasets import load_iris
+from sklearn.ensemble import RandomForestClassifier
+
+API = "/api/2.0/preview/mlflow/endpoints"
+TIMEOUT_S = 600.0  # a fresh environment installs MLflow and scikit-learn
+POLL_S = 0.05
+# Pinned, so every version declares the same needs and an environment built for one fits all.
+REQUIREMENTS = [
+    f"mlflow=={mlflow.__version__}",
+    f"scikit-learn=={sklearn.__version__}",
+    f"skops=={skops.__version__}",
+]
+ONE_ROW = request_body(iris_rows(1))
+
+
+def post(url: str, body: bytes, content_type: str = "application/json") -> int:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:  # not listening yet
+        return 0
+
+
+def first_200(url: str, started: float, alive: Callable[[], bool], log: Path) -> float:
+    """Seconds from `started` to the first 200 of `url` to one row of iris."""
+    while time.monotonic() - started < TIMEOUT_S:
+        if post(url, ONE_ROW) == 200:
+            return time.monotonic() - started
+        if not alive():
+            raise BenchmarkError(f"the server of {url} exited; log:\n{log_tail(log)}")
+        time.sleep(POLL_S)
+    raise BenchmarkError(f"{url} did not answer 200 in {TIMEOUT_S:.0f} s; log:\n{log_tail(log)}")
+
+
+def log_forest(name: str) -> str:
+    """Register a new version of `name`: a 50-tree random forest on iris. Its version."""
+    features, species = load_iris(return_X_y=True, as_frame=True)
+    forest = RandomForestClassifier(n_estimators=50, random_state=0).fit(features, species)
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(
+            forest,
+            name="model",
+            input_example=features.head(2),
+            registered_model_name=name,
+            pip_requirements=REQUIREMENTS,
+            skops_trusted_types=["sklearn.tree._tree.Tree"],
+        )
+    return str(info.registered_model_version)
+
+
+def enable(gateway: str, name: str, env_manager: str | None = None) -> None:
+    """Create `name` in the registry and turn serving on for it, before any version exists."""
+    MlflowClient().create_registered_model(name)
+    body = {"registered_model_name": name}
+    if env_manager:
+        body["env_manager"] = env_manager
+    if post(f"{gateway}{API}/enable", orjson.dumps(body)) != 200:
+        raise BenchmarkError(f"could not enable {name}")
+
+
+def measure_modelhost(gateway: str, up: subprocess.Popen[bytes], log: Path) -> dict[str, float]:
+    """Seconds to the first answer of each new version on the platform, by case."""
+    results: dict[str, float] = {}
+
+    def alive() -> bool:
+        return up.poll() is None
+
+    def timed(case: str, name: str) -> str:
+        version = log_forest(name)
+        started = time.monotonic()
+        url = f"{gateway}/model/{name}/{version}/invocations"
+        results[case] = first_200(url, started, alive, log)
+        print(f"  {case}: {results[case]:.2f} s", flush=True)
+        return version
+
+    enable(gateway, "forest")  # the platform's default: uv
+    timed("modelhost, fresh environment", "forest")
+    timed("modelhost, cached environment, new version", "forest")
+    enable(gateway, "forest-too")
+    timed("modelhost, cached environment, new model", "forest-too")
+    enable(gateway, "forest-local", "local")
+    timed("modelhost, its own environment (local), new model", "forest-local")
+    return results
+
+
+def measure_mlflow(scratch: Path, gateway: str, env_manager: str, env_root: Path) -> float:
+    """`mlflow models serve -m models:/forest/1`: seconds from its start to the first 200."""
+    port = free_port()
+    log = scratch / f"mlflow-{env_manager}-{port}.log"
+    env = {
+        **server_env(),
+        "MLFLOW_TRACKING_URI": gateway,
+        "MLFLOW_ENV_ROOT": str(env_root),
+        "UV_PYTHON_DOWNLOADS": "never",
+    }
+    command = [
+        *(sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/forest/1"),
+        *("--env-manager", env_manager, "-h", "127.0.0.1", "-p", str(port)),
+    ]
+    with log.open("wb") as out:
+        started = time.monotonic()
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=env, start_new_session=True,
+        )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}/invocations"
+        return first_200(url, started, lambda: process.poll() is None, log)
+    finally:
+        stop_group(process)
+
+
+def run(args: argparse.Namespace) -> None:
+    warnings.filterwarnings("ignore", module=r"mlflow\..*")
+    print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    rounds: list[dict[str, float]] = []
+    for round_number in range(1, args.rounds + 1):
+        print(f"round {round_number} of {args.rounds}", flush=True)
+        with tempfile.TemporaryDirectory(prefix="modelhost-first-answer-") as tmp:
+            rounds.append(one_round(Path(tmp)))
+    results = {case: statistics.median(r[case] for r in rounds) for case in rounds[0]}
+    report(results, args.rounds)
+
+
+def one_round(scratch: Path) -> dict[str, float]:
+    port = free_port()
+    gateway = f"http://127.0.0.1:{port}"
+    log = scratch / "up.log"
+    with log.open("wb") as out:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "modelhost", "up", "--home", str(scratch / "home"),
+             "--port", str(port), "--env-manager", "uv"],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while urllib_status(f"{gateway}/health") != 200:
+            if time.monotonic() > deadline or up.poll() is not None:
+                raise BenchmarkError(f"modelhost up did not start; log:\n{log_tail(log)}")
+            time.sleep(0.3)
+        mlflow.set_tracking_uri(gateway)
+        mlflow.set_experiment("first-answer")
+        results = measure_modelhost(gateway, up, log)
+        env_root = scratch / "mlflow-envs"
+        for case, manager in [
+            ("mlflow models serve, uv, fresh environment", "uv"),
+            ("mlflow models serve, uv, cached environment", "uv"),
+            ("mlflow models serve, local", "local"),
+        ]:
+            results[case] = measure_mlflow(scratch, gateway, manager, env_root)
+            print(f"  {case}: {results[case]:.2f} s", flush=True)
+    finally:
+        os.killpg(up.pid, signal.SIGINT)
+        try:
+            up.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(up.pid, signal.SIGKILL)
+            up.wait()
+        mlflow.set_tracking_uri(None)
+    return results
+
+
+def urllib_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return 0
+
+
+def report(results: dict[str, float], rounds: int) -> None:
+    print(f"\nseconds to the first 200 of a new version (median of {rounds} round(s))")
+    width = max(len(case) for case in results)
+    for case, seconds in results.items():
+        print(f"  {case:<{width}}  {seconds:>7.2f}")
+    pairs = [
+        ("modelhost, fresh environment", "mlflow models serve, uv, fresh environment"),
+        (
+            "modelhost, cached environment, new version",
+            "mlflow models serve, uv, cached environment",
+        ),
+        (
+            "modelhost, cached environment, new model",
+            "mlflow models serve, uv, cached environment",
+        ),
+        ("modelhost, its own environment (local), new model", "mlflow models serve, local"),
+    ]
+    print()
+    for ours, theirs in pairs:
+        print(f"  {ours} vs {theirs}: {results[theirs] / results[ours]:.1f}x sooner")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--rounds", type=positive_int, default=1, help="rounds, each with a fresh home"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        run(parse_args(argv))
+    except BenchmarkError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

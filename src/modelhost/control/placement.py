@@ -1,0 +1,275 @@
+"""Getting a model version ready for a model server: its artifacts fetched, its environment built.
+
+Each version's artifacts are fetched once into `<home>/models/<sha1(name)[:12]>/<version>/`,
+its requirements read from them and its environment prepared under `<home>/envs/`, on a thread
+of its own, so a build never holds up the reconcile loop, other versions or other models. What
+happens is written to the model's log with the version's tag, as the model servers write theirs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+
+from modelhost import logs
+from modelhost.config import EnvManager
+from modelhost.control.environments import (
+    MARKER,
+    Environment,
+    EnvironmentFailed,
+    environment_key,
+    prepare,
+)
+from modelhost.control.requirements import (
+    Requirements,
+    RequirementsError,
+    read_requirements,
+    unmet_here,
+)
+from modelhost.control.servers import server_key
+from modelhost.errors import ModelhostError
+
+log = logging.getLogger("modelhost.controller")
+
+FETCHED = ".modelhost-fetched.json"  # written last: the folder holds the version's artifacts
+PREPARING_THREADS = 4  # builds, downloads: slow, and mostly waiting on disk, network and uv
+_FORMATTER = logging.Formatter(logs.FORMAT)
+
+Record = Callable[[str, str, str], None]  # (name, message, version): an event
+
+
+class PlacementState(StrEnum):
+    PREPARING = "PREPARING"
+    PREPARED = "PREPARED"
+    FAILED = "FAILED"
+
+
+class FetchFailed(ModelhostError):
+    """The version's artifacts could not be fetched from the registry's artifact store."""
+
+
+class Stopping(Exception):
+    """modelhost is stopping: the preparation in progress gives up."""
+
+
+@dataclass
+class Placement:
+    """One version's preparation with one env_manager: how far it got, and where it runs."""
+
+    version: str
+    manager: str
+    state: PlacementState = PlacementState.PREPARING
+    message: str = "Fetching the version's artifacts."
+    local_path: Path | None = None
+    environment: Environment | None = None
+    failures: int = 0  # failed preparations of this version in a row
+    retry_at: float | None = None  # when a failed preparation may be tried again
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @property
+    def key(self) -> str | None:
+        """The model server it goes to, once prepared."""
+        return server_key(self.environment) if self.environment is not None else None
+
+
+class VersionLog:
+    """Lines about one version, appended to its model's log in the format of every modelhost log."""
+
+    def __init__(self, path: Path, version: str) -> None:
+        self.path = path
+        self.version = version
+
+    def __call__(self, line: str, level: int = logging.INFO) -> None:
+        record = logging.LogRecord("modelhost.environment", level, __file__, 0, line, None, None)
+        record.version_tag = f" {logs.tag(self.version)}"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(_FORMATTER.format(record) + "\n")
+
+
+class Preparer:
+    """Prepares versions on its own threads; `start` returns at once, the placement updates."""
+
+    def __init__(self, home: Path, registry_url: str, record: Record) -> None:
+        self.models = home / "models"
+        self.envs = home / "envs"
+        self.registry_url = registry_url
+        self.registry = MlflowClient(tracking_uri=registry_url, registry_uri=registry_url)
+        self.record = record  # (name, message, version) events, thread-safe
+        self._pool = ThreadPoolExecutor(PREPARING_THREADS, thread_name_prefix="modelhost-prepare")
+        self._stopping = False
+
+    def start(
+        self, name: str, version: str, manager: str, identity: str, log_path: Path, failures: int
+    ) -> Placement:
+        """Begin preparing `version` of `name`; `identity` tells its artifacts from others'."""
+        placement = Placement(version, manager, failures=failures)
+        version_log = VersionLog(log_path, version)
+        placement.task = asyncio.create_task(
+            self._run(name, placement, identity, version_log), name=f"prepare {name} {version}"
+        )
+        return placement
+
+    def stop(self) -> None:
+        """Give up the preparations in progress (builds stop at uv's next line of output)."""
+        self._stopping = True
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _run(
+        self, name: str, placement: Placement, identity: str, version_log: VersionLog
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            local_path, environment = await loop.run_in_executor(
+                self._pool, self._prepare, name, placement, identity, version_log
+            )
+        except (EnvironmentFailed, RequirementsError) as e:
+            self._fail(name, placement, e.message, version_log)
+        except Stopping:
+            pass
+        except Exception as e:  # the registry, the artifact store or the disk: say what it was
+            for line in traceback.format_exc().splitlines():
+                version_log(line, logging.ERROR)
+            message = (
+                e.message
+                if isinstance(e, FetchFailed)
+                else f"Could not prepare version {placement.version}: {type(e).__name__}: {e}"
+            )
+            self._fail(name, placement, message, version_log)
+        else:
+            placement.local_path, placement.environment = local_path, environment
+            placement.state, placement.message = PlacementState.PREPARED, "Prepared."
+            placement.failures = 0
+
+    def _fail(self, name: str, placement: Placement, message: str, version_log: VersionLog) -> None:
+        loop = asyncio.get_running_loop()
+        placement.failures += 1
+        delay = retry_delay(placement.failures)
+        placement.retry_at = loop.time() + delay
+        placement.state, placement.message = PlacementState.FAILED, message
+        version_log(f"Version {placement.version} failed to load: {message}", logging.ERROR)
+        version_log(
+            f"Trying again in {delay // 60} min, or when serving is turned on again or its "
+            "env_manager changes.",
+            logging.ERROR,
+        )
+        log.warning("Version %s of %s cannot be served: %s", placement.version, name, message)
+
+    def _prepare(
+        self, name: str, placement: Placement, identity: str, version_log: VersionLog
+    ) -> tuple[Path, Environment]:
+        """On a preparing thread: fetch, read, build. Raises what stops the version."""
+        started = time.monotonic()
+        version = placement.version
+        local_path = self._fetch(name, version, identity, version_log)
+        requirements = read_requirements(local_path)
+        manager = EnvManager(placement.manager)
+        if _will_build(requirements, manager, self.envs):
+            declared = requirements.source or "no requirements"
+            placement.message = (
+                f"Building the Python environment the model declares ({declared}); see the "
+                "version's logs."
+            )
+            self.record(
+                name, f"Version {version}: building the Python environment it declares.", version
+            )
+        else:
+            placement.message = "Preparing the Python environment the model declares."
+
+        def build_log(line: str) -> None:
+            if self._stopping:  # raised inside the build's output loop, which then kills uv
+                raise Stopping("modelhost is stopping.")
+            version_log(line)
+
+        environment = prepare(requirements, manager, self.envs, build_log)
+        self.record(name, _environment_event(version, environment), version)
+        seconds = time.monotonic() - started
+        version_log(f"Version {version} is prepared in {seconds:.1f} s; handing it to its server.")
+        return local_path, environment
+
+    def _fetch(self, name: str, version: str, identity: str, version_log: VersionLog) -> Path:
+        """The version's model folder under the home, fetched unless it already is."""
+        folder = self.models / hashlib.sha1(name.encode()).hexdigest()[:12] / version
+        fetched = _fetched(folder, identity)
+        if fetched is not None:
+            version_log(f"Using the artifacts of version {version} fetched before, in {folder}.")
+            return fetched
+        version_log(f"Fetching the artifacts of version {version} into {folder}.")
+        partial = folder.with_name(f".{version}-{secrets.token_hex(4)}")
+        try:
+            # Resolved with our client: `models:/` URIs would be looked up in the process-wide
+            # registry, which is not necessarily the one this platform serves.
+            source = self.registry.get_model_version_download_uri(name, version)
+            try:
+                downloaded = mlflow.artifacts.download_artifacts(
+                    artifact_uri=source, dst_path=str(partial), tracking_uri=self.registry_url
+                )
+            except Exception as e:
+                raise FetchFailed(
+                    f"Could not fetch the model of version {version} from {source}: "
+                    f"{type(e).__name__}: {e} A version's source must be an MLflow model: a "
+                    "folder with an MLmodel file."
+                ) from e
+            model = Path(downloaded).resolve().relative_to(partial.resolve())
+            record = {"identity": identity, "model": str(model)}
+            (partial / FETCHED).write_text(json.dumps(record))
+            if folder.exists() and _fetched(folder, identity) is None:
+                shutil.rmtree(folder)  # half-fetched, or another model's that had this name
+            try:
+                os.replace(partial, folder)
+            except OSError:  # another preparation of this version fetched it meanwhile
+                if _fetched(folder, identity) is None:
+                    raise
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+        fetched = _fetched(folder, identity)
+        assert fetched is not None, "fetched just now"
+        return fetched
+
+
+def retry_delay(failures: int) -> int:
+    """Seconds before a version that failed to prepare is tried again: 10 min, then hourly."""
+    return 600 if failures <= 1 else 3600
+
+
+def _fetched(folder: Path, identity: str) -> Path | None:
+    """The model folder fetched into `folder` for `identity`; None if it is not there (whole)."""
+    try:
+        record = json.loads((folder / FETCHED).read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("identity") != identity:
+        return None
+    return folder / record["model"]
+
+
+def _will_build(requirements: Requirements, manager: EnvManager, root: Path) -> bool:
+    """Whether preparing will build an environment (rather than use one that exists)."""
+    if manager is EnvManager.LOCAL:
+        return False
+    if manager is EnvManager.AUTO and unmet_here(requirements) is None:
+        return False
+    return not (root / environment_key(requirements) / MARKER).is_file()
+
+
+def _environment_event(version: str, environment: Environment) -> str:
+    if environment.current:
+        return f"Version {version} runs in modelhost's own Python environment."
+    if environment.built:
+        return f"Version {version}: built the Python environment {environment.key}."
+    return f"Version {version} uses the Python environment {environment.key}, built before."
