@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from modelhost import __version__
+from modelhost.auth_cli import permissions, tokens, users
 from modelhost.config import EnvManager, ServeSettings, UpSettings, default_home
 from modelhost.errors import ModelhostError
 from modelhost.logs import configure_logging
@@ -163,11 +164,37 @@ def serve(**options: object) -> None:
     "its own (`modelhost serving settings NAME --env-manager`): auto, local or uv, as for "
     "`modelhost serve`.",
 )
+@click.option(
+    "--auth",
+    is_flag=True,
+    default=False,
+    envvar="MODELHOST_AUTH",
+    help="Require a token of every caller, with permissions on registered models. On by "
+    "itself when --host is not a loopback address.",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    default=False,
+    envvar="MODELHOST_INSECURE",
+    help="Serve a non-loopback --host with no auth: anyone who reaches it may do anything.",
+)
+@click.option(
+    "--admin-token",
+    default=None,
+    envvar="MODELHOST_ADMIN_TOKEN",
+    help="The first admin's token (32+ characters); set the variable rather than the flag, "
+    "which others can see in the process list.  [default: one made and printed at first start]",
+)
 def up(**options: object) -> None:
     """Run modelhost: the MLflow registry and the gateway in front of it, on one port."""
+    from modelhost.auth.setup import AuthSetupError
     from modelhost.up import run
 
-    run(UpSettings(**options))  # type: ignore[arg-type]
+    try:
+        run(UpSettings(**options))  # type: ignore[arg-type]
+    except AuthSetupError as e:
+        raise click.UsageError(str(e)) from None
 
 
 @main.command(hidden=True)
@@ -246,3 +273,6 @@ def package(**options: object) -> None:
     except PackagingFailed as e:
         raise click.ClickException(str(e)) from None
 
+
+for group in (users, tokens, permissions):
+    main.add_command(group)

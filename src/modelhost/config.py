@@ -70,6 +70,9 @@ class UpSettings:
     max_body_mb: float = ServeSettings.max_body_mb
     timeout_s: float = ServeSettings.timeout_s
     env_manager: str = EnvManager.AUTO.value  # for served models that do not set their own
+    auth: bool = False  # sign callers in; on by itself off loopback unless `insecure`
+    insecure: bool = False  # serve a non-loopback address with no auth
+    admin_token: str | None = dataclasses.field(default=None, repr=False)  # the first admin's
 
     @property
     def max_body_bytes(self) -> int:

@@ -7,6 +7,7 @@ import os
 
 import uvicorn
 
+from modelhost.auth.setup import auth_required, protect
 from modelhost.config import UpSettings
 from modelhost.control.controller import Controller
 from modelhost.control.store import StateStore
@@ -24,6 +25,7 @@ REGISTRY_CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQU
 
 def run(settings: UpSettings) -> None:
     """Run until interrupted; everything started here is stopped on the way out."""
+    signing_in = auth_required(settings)  # before anything starts: it may refuse the settings
     settings.home.mkdir(parents=True, exist_ok=True)
     for name, value in REGISTRY_CLIENT_ENV.items():
         os.environ.setdefault(name, value)
@@ -40,19 +42,19 @@ def run(settings: UpSettings) -> None:
         store = StateStore.in_home(settings.home)
         url = f"http://{settings.host}:{settings.port}"
         if settings.demo:
-            _serve_demo(registry_url, store, url)
+            _serve_demo(registry_url, store, url, signing_in)
         log.info("modelhost is up on %s; point MLflow at it: MLFLOW_TRACKING_URI=%s", url, url)
         controller = Controller(settings, registry_url, store)
         gateway = Gateway(settings, registry_url, controller)
         uvicorn.run(
-            gateway,
+            protect(gateway, settings, store) if signing_in else gateway,
             host=settings.host,
             port=settings.port,
             http="httptools",
             loop="uvloop",
             lifespan="on",
             access_log=False,
-            proxy_headers=False,  # client addresses are never used: skip reading them per request
+            proxy_headers=False,  # the peer's own address counts, never X-Forwarded-For
             server_header=False,
             log_level="info",
             timeout_graceful_shutdown=10,
@@ -62,7 +64,7 @@ def run(settings: UpSettings) -> None:
             embedded.stop()
 
 
-def _serve_demo(registry_url: str, store: StateStore, url: str) -> None:
+def _serve_demo(registry_url: str, store: StateStore, url: str, signing_in: bool) -> None:
     from modelhost.demo import DEMO_MODEL_NAME, ONE_FLOWER, register_demo
 
     register_demo(registry_url)
@@ -71,6 +73,7 @@ def _serve_demo(registry_url: str, store: StateStore, url: str) -> None:
     print(
         f"\nThe demo model {DEMO_MODEL_NAME} is served. Once its version 1 is ready (seconds):\n"
         f"  curl -s {url}/model/{DEMO_MODEL_NAME}/1/invocations "
-        f"-H 'Content-Type: application/json' \\\n    -d '{ONE_FLOWER}'\n",
+        + ('-H "Authorization: Bearer $MODELHOST_TOKEN" ' if signing_in else "")
+        + f"-H 'Content-Type: application/json' \\\n    -d '{ONE_FLOWER}'\n",
         flush=True,
     )

@@ -1,4 +1,4 @@
-"""What the registry does not hold: which models are served, and what happened to them."""
+"""What the registry does not hold: which models are served, what happened to them, who did it."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ events = sa.Table(
     sa.Column("registered_model_name", sa.String, nullable=False, index=True),
     sa.Column("endpoint_version_name", sa.String, nullable=True),
     sa.Column("message", sa.String, nullable=False),
+    sa.Column("actor", sa.String, nullable=True),  # who did it: audit events; None for modelhost
 )
 
 
@@ -36,7 +37,15 @@ class StateStore:
     def __init__(self, url: str) -> None:
         self.engine = sa.create_engine(url)
         metadata.create_all(self.engine)
+        self._add_actor_column()
         self._add_env_manager_column()
+
+    def _add_actor_column(self) -> None:
+        """A state database made before events named who caused them gets the column."""
+        columns = {c["name"] for c in sa.inspect(self.engine).get_columns("events")}
+        if "actor" not in columns:
+            with self.engine.begin() as db:
+                db.execute(sa.text("ALTER TABLE events ADD COLUMN actor VARCHAR"))
 
     def _add_env_manager_column(self) -> None:
         """A state database made before models had serving settings gets the column."""
@@ -95,7 +104,10 @@ class StateStore:
             )
             return changed.rowcount > 0
 
-    def record(self, name: str, message: str, version: str | None = None) -> None:
+    def record(
+        self, name: str, message: str, version: str | None = None, actor: str | None = None
+    ) -> None:
+        """An event of registered model (or grant prefix) `name`; `actor` is who caused it."""
         with self.engine.begin() as db:
             db.execute(
                 events.insert().values(
@@ -103,6 +115,7 @@ class StateStore:
                     registered_model_name=name,
                     endpoint_version_name=version,
                     message=message,
+                    actor=actor,
                 )
             )
 
@@ -121,6 +134,7 @@ class StateStore:
                     "registered_model_name": row.registered_model_name,
                     "endpoint_version_name": row.endpoint_version_name,
                     "message": row.message,
+                    "user": row.actor,
                 }
                 for row in db.execute(query)
             ]

@@ -44,6 +44,7 @@ _ENDPOINT_STATUS = {
     "registered_model_name": "iris-demo",
     "state": "ENDPOINT_STATE_READY",
     "state_message": "The model server is up.",
+    "settings": {"env_manager": "auto"},
 }
 _SCORING_EXAMPLE = {"dataframe_split": {"columns": FEATURES, "data": [[5.1, 3.5, 1.4, 0.2]]}}
 
@@ -92,9 +93,18 @@ _PATHS: dict[str, Any] = {
         "post": {
             "tags": ["Serving"],
             "summary": "Serve every non-archived version of a registered model",
+            "description": (
+                "`env_manager` (optional): `auto` serves each version in modelhost's own Python "
+                "environment when it satisfies the version's requirements, else in one built "
+                "with uv; `local` always modelhost's own; `uv` always a built one."
+            ),
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"example": {"registered_model_name": "iris"}}},
+                "content": {
+                    "application/json": {
+                        "example": {"registered_model_name": "iris", "env_manager": "auto"}
+                    }
+                },
             },
             "responses": {
                 "200": _json({}),
@@ -112,6 +122,29 @@ _PATHS: dict[str, Any] = {
                 "content": {"application/json": {"example": {"registered_model_name": "iris"}}},
             },
             "responses": {"200": _json({}), "404": _error("Serving is not enabled for it.")},
+        }
+    },
+    f"{SERVING}/update-settings": {
+        "post": {
+            "tags": ["Serving"],
+            "summary": "Change a served model's settings: `env_manager`",
+            "description": (
+                "The versions are prepared again in the new environment; each keeps serving "
+                "from the old one until it is ready in the new."
+            ),
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "example": {"registered_model_name": "iris", "env_manager": "uv"}
+                    }
+                },
+            },
+            "responses": {
+                "200": _json({}),
+                "400": _error("`env_manager` is not one of auto, local, uv."),
+                "404": _error("Serving is not enabled for it."),
+            },
         }
     },
     f"{SERVING}/get-status": {
@@ -196,6 +229,52 @@ _PATHS: dict[str, Any] = {
             },
         }
     },
+    "/api/2.0/modelhost/{action}": {
+        "parameters": [
+            {
+                "name": "action",
+                "in": "path",
+                "required": True,
+                "schema": {
+                    "enum": [
+                        "whoami",
+                        "users/create",
+                        "users/list",
+                        "users/revoke",
+                        "tokens/create",
+                        "tokens/list",
+                        "tokens/revoke",
+                        "permissions/grant",
+                        "permissions/revoke",
+                        "permissions/list",
+                        "permissions/audit",
+                    ]
+                },
+            }
+        ],
+        "post": {
+            "tags": ["Auth"],
+            "summary": "Create or revoke users, tokens and grants (when auth is on)",
+            "description": (
+                '`users/create` `{"name", "kind": "user" | "service_principal", '
+                '"admin"}`; `tokens/create` `{"user", "expires_in_days"}` answers the '
+                'token once; `permissions/grant` and `permissions/revoke` `{"target": '
+                '"prod.ml_team.*", "user", "level": "READ" | "EDIT" | '
+                '"MANAGE"}`. Managing users and tokens is for admins; granting on a model '
+                "needs MANAGE on it."
+            ),
+            "responses": {
+                "200": _json({}),
+                "401": _error("No token, or one that is unknown, revoked or expired."),
+                "403": _error("The caller may not do that."),
+            },
+        },
+        "get": {
+            "tags": ["Auth"],
+            "summary": "Who the caller is; list users, tokens, grants and audit events",
+            "responses": {"200": _json({}), "401": _error("No valid token.")},
+        },
+    },
     "/health": {
         "get": {
             "tags": ["Operations"],
@@ -221,7 +300,9 @@ def spec() -> dict[str, Any]:
                 "Every non-archived version of each serving-enabled registered model, as a REST "
                 "endpoint. The serving API answers under /api/2.0/preview/mlflow/endpoints/ and "
                 "/api/2.0/mlflow/endpoints/. MLflow's own REST API (/api/2.0/mlflow/...) is "
-                "passed to the registry: point MLflow's client at this server."
+                "passed to the registry: point MLflow's client at this server. With auth on, "
+                "send `Authorization: Bearer <token>` (or HTTP Basic with user `token`): no or "
+                "a bad token is 401, a token without the right on the model is 403."
             ),
         },
         "paths": _PATHS,

@@ -13,6 +13,7 @@ from mlflow.exceptions import MlflowException
 
 from modelhost import logs
 from modelhost.asgi import Receive, Scope, Send, respond
+from modelhost.auth import ACTOR
 from modelhost.config import EnvManager
 from modelhost.control.controller import Controller
 from modelhost.errors import InvalidInput, ModelhostError, NotFound
@@ -46,18 +47,21 @@ class ServingAPI:
         method = scope["method"]
         if method == "POST" and action in ("enable", "disable", "update-settings"):
             name, fields = await self._name_from_body(receive)
+            actor = scope.get(ACTOR)  # who asked, once signed in: an audit event
             if action == "enable":
                 self._must_exist(name)
                 manager = _env_manager(fields, required=False)
-                self.store.enable(name)
+                if self.store.enable(name):
+                    self.store.record(name, "Serving turned on.", actor=actor)
                 if manager is not None:
-                    self._set_env_manager(name, manager)
+                    self._set_env_manager(name, manager, actor)
             elif action == "update-settings":
                 self._must_be_served(name)
-                self._set_env_manager(name, _env_manager(fields, required=True))
+                self._set_env_manager(name, _env_manager(fields, required=True), actor)
             else:
                 self._must_be_served(name)
-                self.store.disable(name)
+                if self.store.disable(name):
+                    self.store.record(name, "Serving turned off.", actor=actor)
             self.controller.nudge()
             return {}
         if method != "GET":
@@ -98,9 +102,9 @@ class ServingAPI:
             "settings": settings,
         }
 
-    def _set_env_manager(self, name: str, manager: str) -> None:
+    def _set_env_manager(self, name: str, manager: str, actor: str | None) -> None:
         if self.store.set_env_manager(name, manager):
-            self.store.record(name, f"env_manager set to {manager}.")
+            self.store.record(name, f"env_manager set to {manager}.", actor=actor)
 
     async def _name_from_body(self, receive: Receive) -> tuple[str, dict]:
         """The registered model a POST names, and every field of its body."""

@@ -1,0 +1,88 @@
+"""Who a credential is and what they may do, answered from memory on the scoring path.
+
+The store lives in the gateway's process and tells this when anything changes, so a snapshot of
+it, with what was worked out from it (header -> identity, identity and model -> level), answers
+every request without a database query; a change drops it all.
+"""
+
+from __future__ import annotations
+
+import time
+
+from modelhost.auth import tokens
+from modelhost.auth.policy import Level, covers, level_on
+from modelhost.auth.store import AuthStore, Principal, Snapshot
+
+CACHE_LIMIT = 100_000  # entries per cache; past it, a cache starts again empty
+
+
+class Access:
+    def __init__(self, store: AuthStore) -> None:
+        self.store = store
+        self._snapshot: Snapshot = store.snapshot()
+        # header -> (principal, expires_at): skips parsing and hashing for a known header
+        self._identities: dict[bytes, tuple[Principal, float | None]] = {}
+        self._levels: dict[tuple[str, str], Level | None] = {}
+        store.on_change = self.reload
+
+    def reload(self) -> None:
+        self._snapshot = self.store.snapshot()
+        self._identities = {}
+        self._levels = {}
+
+    def who(self, authorization: bytes) -> Principal | None:
+        """The live principal an Authorization header's token belongs to, or None."""
+        known = self._identities.get(authorization)
+        if known is None:
+            known = self._verify(authorization)
+            if known is None:
+                return None
+            if len(self._identities) >= CACHE_LIMIT:
+                self._identities = {}
+            self._identities[authorization] = known
+        principal, expires_at = known
+        if expires_at is not None and expires_at <= time.time():
+            return None
+        return principal
+
+    def _verify(self, authorization: bytes) -> tuple[Principal, float | None] | None:
+        found = tokens.credential(authorization)
+        if found is None:
+            return None
+        secret, basic_user = found
+        digest = tokens.token_hash(secret)
+        record = self._snapshot.tokens.get(digest)
+        if record is None or not tokens.same_hash(record.hash, digest):
+            return None
+        if basic_user not in (None, tokens.BASIC_USER, record.principal):
+            return None
+        principal = self._snapshot.principals.get(record.principal)
+        return (principal, record.expires_at) if principal else None
+
+    def level(self, principal: Principal, target: str) -> Level | None:
+        """What `principal` may do on a registered model (or on a prefix of names)."""
+        if principal.admin:
+            return Level.MANAGE
+        key = (principal.name, target)
+        try:
+            return self._levels[key]
+        except KeyError:
+            pass
+        if len(self._levels) >= CACHE_LIMIT:
+            self._levels = {}
+        found = self._levels[key] = level_on(self._snapshot.grants.get(principal.name, {}), target)
+        return found
+
+    def allows(self, principal: Principal, target: str, needed: Level) -> bool:
+        found = self.level(principal, target)
+        return found is not None and found >= needed
+
+    def may_create(self, principal: Principal, name: str) -> bool:
+        """A model in no one's namespace (no grant covers its name) anyone may create; one in a
+        namespace needs EDIT there, as creating a model in a schema needs rights on it."""
+        if self.allows(principal, name, Level.EDIT):
+            return True
+        return not any(covers(target, name) for target in self._snapshot.targets)
+
+    def principal(self, name: str) -> Principal | None:
+        return self._snapshot.principals.get(name)

@@ -1,0 +1,258 @@
+"""`Auth(app, ...)`: every request is signed in and checked before the gateway sees it.
+
+Answers: no or a bad credential is 401 with `WWW-Authenticate`; a signed-in caller without the
+level a route needs is 403, with the same answer whether or not the model exists, so only those
+who may read a model learn that it does. Failed sign-ins from one address beyond a small burst
+get 429 with `Retry-After`. `/health` is open.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import parse_qs
+
+import orjson
+
+from modelhost.asgi import Receive, Scope, Send, read_body, respond
+from modelhost.auth import ACTOR
+from modelhost.auth.access import Access
+from modelhost.auth.api import PREFIX as API_PREFIX
+from modelhost.auth.api import AuthAPI
+from modelhost.auth.errors import PermissionDenied, TooManyFailures, Unauthenticated
+from modelhost.auth.limits import FailureLimiter, retry_after
+from modelhost.auth.policy import SCORING, Level, Rule, registry_rule, serving_rule
+from modelhost.auth.store import Principal
+from modelhost.control.store import StateStore
+from modelhost.errors import InvalidInput, ModelhostError
+from modelhost.gateway.serving import PREFIXES as SERVING_PREFIXES
+
+log = logging.getLogger("modelhost.auth")
+audit = logging.getLogger("modelhost.audit")
+
+OPEN_PATHS = frozenset({"/health"})
+CHALLENGE = ((b"www-authenticate", b'Bearer realm="modelhost"'),
+             (b"www-authenticate", b'Basic realm="modelhost"'))  # fmt: skip
+SIGN_IN = (
+    "send 'Authorization: Bearer <token>' (or HTTP Basic with user 'token': "
+    "curl -u token:$TOKEN); an admin creates tokens with `modelhost tokens create --user NAME`."
+)
+BODY_LIMIT = 4 * 1024 * 1024  # registry calls that name a model are small JSON bodies
+
+
+class Auth:
+    """The ASGI wrapper around the gateway."""
+
+    def __init__(self, app, access: Access, events: StateStore, limiter: FailureLimiter) -> None:
+        self.app = app
+        self.access = access
+        self.events = events
+        self.limiter = limiter
+        self.api = AuthAPI(access, events)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        principal = await self._sign_in(scope, send)
+        if principal is None:
+            return
+        scope[ACTOR] = principal.name
+        path = scope["path"]
+        if path.startswith("/model/") and path.endswith("/invocations"):
+            name = path[len("/model/") : -len("/invocations")].rpartition("/")[0]
+            if self.access.allows(principal, name, Level.READ):
+                await self.app(scope, receive, send)
+            else:
+                await _error(send, denied(SCORING, name))
+        elif path.startswith(API_PREFIX):
+            await self.api(scope, receive, send, principal)
+        elif path.startswith(SERVING_PREFIXES):
+            await self._guarded(serving_rule(scope["method"], path.rsplit("/", 1)[-1]),
+                                principal, scope, receive, send)  # fmt: skip
+        else:
+            await self._guarded(registry_rule(scope["method"], path),
+                                principal, scope, receive, send)  # fmt: skip
+
+    async def _sign_in(self, scope: Scope, send: Send) -> Principal | None:
+        authorization = None
+        for key, value in scope["headers"]:
+            if key == b"authorization":
+                authorization = value
+                break
+        if authorization is None:
+            await _error(send, Unauthenticated(f"Sign in: {SIGN_IN}"), CHALLENGE)
+            return None
+        principal = self.access.who(authorization)
+        if principal is not None:
+            return principal
+        client = scope.get("client")
+        wait_s = self.limiter.failed(client[0] if client else "unknown")
+        if wait_s > 0:
+            error = TooManyFailures("Too many failed sign-ins from this address; wait and retry.")
+            await _error(send, error, ((b"retry-after", retry_after(wait_s)),))
+        else:
+            message = f"The token is unknown, revoked or expired. To sign in, {SIGN_IN}"
+            await _error(send, Unauthenticated(message), CHALLENGE)
+        return None
+
+    async def _guarded(
+        self, rule: Rule, principal: Principal, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """Check `rule`, then call the gateway; answers that need upkeep or filtering are held."""
+        if principal.admin:
+            await self.app(scope, receive, send)  # admins may do everything; nothing to filter
+            return
+        body: bytes | None = None
+        name = new_name = None
+        try:
+            if rule.admin:
+                raise PermissionDenied(f"{rule.what} {scope['path']} is for admins only.")
+            if rule.field is not None:
+                if scope["method"] == "GET":
+                    fields = {rule.field: _query_value(scope, rule.field)}
+                else:
+                    body = await read_body(dict(scope["headers"]), receive, BODY_LIMIT)
+                    fields = _json_object(body)
+                name = fields.get(rule.field)
+                if not isinstance(name, str) or not name:
+                    raise InvalidInput(f"Name the registered model: pass '{rule.field}'.")
+                new_name = fields.get("new_name") if rule.after == "rename" else None
+                self._check(rule, principal, name, new_name)
+        except ModelhostError as e:
+            await _error(send, e)
+            return
+        if body is not None:
+            receive = _replay(body, receive)
+        if rule.filter_key is None and rule.after is None:
+            await self.app(scope, receive, send)
+            return
+        # Held whole to be filtered or checked: compressed answers could not be read.
+        scope = {**scope, "headers": [h for h in scope["headers"] if h[0] != b"accept-encoding"]}
+        status, headers, answer = await _held(self.app, scope, receive)
+        if rule.filter_key is not None and status == 200:
+            answer = self._readable_only(answer, rule.filter_key, principal)
+        elif rule.after is not None:
+            made = new_name if rule.after == "rename" else name
+            if status != 200 and not self.access.allows(principal, made, Level.READ):
+                await _error(send, denied(rule, made))  # do not tell whether it exists
+                return
+            if status == 200:
+                self._upkeep(rule.after, principal, name, new_name)
+        headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(answer)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": answer})
+
+    def _check(self, rule: Rule, principal: Principal, name: str, new_name: object) -> None:
+        if rule.create:
+            if not self.access.may_create(principal, name):
+                raise denied(rule, name)
+            return
+        assert rule.level is not None
+        if not self.access.allows(principal, name, rule.level):
+            raise denied(rule, name)
+        if rule.after == "rename":
+            if not isinstance(new_name, str) or not new_name:
+                raise InvalidInput("Pass 'new_name'.")
+            if not self.access.allows(principal, new_name, Level.MANAGE):
+                raise denied(rule, new_name, Level.MANAGE)
+
+    def _readable_only(self, answer: bytes, key: str, principal: Principal) -> bytes:
+        try:
+            document = orjson.loads(answer)
+        except orjson.JSONDecodeError:
+            return answer
+        if isinstance(document, dict) and isinstance(document.get(key), list):
+            document[key] = [
+                entry
+                for entry in document[key]
+                if self.access.allows(principal, _entry_name(entry), Level.READ)
+            ]
+            return orjson.dumps(document)
+        return answer
+
+    def _upkeep(self, after: str, principal: Principal, name: str, new_name: str | None) -> None:
+        """Grants follow what happened in the registry."""
+        store = self.access.store
+        if after == "create":
+            store.grant(principal.name, name, Level.MANAGE, by=principal.name)
+            self._audit(name, f"MANAGE granted to {principal.name}, who created it.", principal)
+        elif after == "rename" and new_name:
+            store.move_grants(name, new_name)
+            self._audit(new_name, f"Renamed from '{name}'; its grants moved along.", principal)
+        elif after == "delete":
+            store.drop_grants(name)
+            self._audit(name, "Deleted; the grants on its name went with it.", principal)
+
+    def _audit(self, target: str, message: str, principal: Principal) -> None:
+        self.events.record(target, message, actor=principal.name)
+        audit.info("%s: %s (by %s)", target, message, principal.name)
+
+
+def denied(rule: Rule, name: str, level: Level | None = None) -> PermissionDenied:
+    needed = (level or rule.level or Level.READ).name
+    where = " or on a prefix of its name" if rule.create else ""
+    return PermissionDenied(
+        f"{rule.what} registered model '{name}' needs {needed} on it{where}, which you do not "
+        "have (or it does not exist). Ask one of its managers, or an admin, for a grant."
+    )
+
+
+async def _error(
+    send: Send, error: ModelhostError, headers: tuple[tuple[bytes, bytes], ...] = ()
+) -> None:
+    await respond(send, error.status, error.body(), headers=headers)
+
+
+def _query_value(scope: Scope, key: str) -> str | None:
+    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get(key, [])
+    if len(values) > 1:
+        raise InvalidInput(f"Pass '{key}' once.")
+    return values[0] if values else None
+
+
+def _json_object(body: bytes) -> dict:
+    try:
+        document = orjson.loads(body or b"{}")
+    except orjson.JSONDecodeError:
+        raise InvalidInput("The body is not JSON: send a JSON object.") from None
+    if not isinstance(document, dict):
+        raise InvalidInput("Send a JSON object.")
+    return document
+
+
+def _entry_name(entry: object) -> str:
+    if isinstance(entry, dict):
+        name = entry.get("name") or entry.get("registered_model_name")
+        if isinstance(name, str):
+            return name
+    return ""
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that hands the body read here to the app, then what the client sends next."""
+    sent = False
+
+    async def replayed() -> dict:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replayed
+
+
+async def _held(app, scope: Scope, receive: Receive) -> tuple[int, list, bytes]:
+    """Run `app` and keep its whole answer."""
+    start: dict = {}
+    chunks: list[bytes] = []
+
+    async def keep(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            start.update(message)
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+
+    await app(scope, receive, keep)
+    return start.get("status", 500), list(start.get("headers", [])), b"".join(chunks)
