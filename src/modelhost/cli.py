@@ -200,6 +200,7 @@ def up(**options: object) -> None:
 @main.command(hidden=True)
 @click.option("--host", default=ServeSettings.host, show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), required=True)
+@click.option("--uds", default=None, help="Also listen on this Unix socket.")
 @click.option("--max-batch-size", default=ServeSettings.max_batch_size, type=click.IntRange(min=1))
 @click.option(
     "--max-batch-delay-ms", default=ServeSettings.max_batch_delay_ms, type=click.FloatRange(min=0)

@@ -33,6 +33,7 @@ class ServeSettings:
     max_body_mb: float = 16.0
     timeout_s: float = 60.0
     env_manager: str = EnvManager.AUTO.value  # one of EnvManager
+    uds: str | None = None  # a platform server also listens on this Unix socket (the gateway's)
     # Where the model's artifacts were downloaded to; set once by the parent process.
     local_path: str | None = None
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from mlflow import MlflowClient
 
 from modelhost.config import EnvManager, UpSettings
 from modelhost.control.placement import Placement, PlacementState, Preparer
-from modelhost.control.servers import ModelServerProcess, server_log
+from modelhost.control.servers import ModelServerProcess, server_log, socket_path
 from modelhost.control.store import StateStore
 
 log = logging.getLogger("modelhost.controller")
@@ -94,6 +96,8 @@ class Controller:
         self.worker_options = [
             "--max-body-mb", str(settings.max_body_mb), "--timeout", str(settings.timeout_s)
         ]  # fmt: skip
+        # The model servers' Unix sockets: a short path (sockets allow ~100 bytes), ours alone.
+        self.sockets = Path(tempfile.mkdtemp(prefix="modelhost-"))
         self.interval_s = interval_s
         self.routes: dict[str, ModelRoutes] = {}
         self.preparer = Preparer(settings.home, registry_url, store.record)
@@ -137,6 +141,11 @@ class Controller:
         self.preparer.stop()
         for name in list(self._clusters):
             await self._drop(name)
+        shutil.rmtree(self.sockets, ignore_errors=True)
+
+    def socket_path(self, port: int) -> Path:
+        """The Unix socket the model server on `port` listens on, for the gateway."""
+        return socket_path(self.sockets, port)
 
     async def reconcile(self) -> None:
         served = await asyncio.to_thread(self.store.served)
@@ -254,7 +263,7 @@ class Controller:
             environment = next(iter(placements.values())).environment
             assert environment is not None, "a prepared placement has its environment"
             server = ModelServerProcess(
-                name, environment, self.registry_url, self.logs, self.worker_options
+                name, environment, self.registry_url, self.logs, self.worker_options, self.sockets
             )
             if restarts == 0:
                 self.store.record(name, f"{server.describe()} is starting.")

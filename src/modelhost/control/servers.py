@@ -26,6 +26,11 @@ def server_log(logs: Path, name: str) -> Path:
     return logs / f"{re.sub(r'[^A-Za-z0-9._-]', '_', name)}-{digest}.log"
 
 
+def socket_path(sockets: Path, port: int) -> Path:
+    """Where the model server on `port` also listens: a Unix socket, for the gateway."""
+    return sockets / f"{port}.sock"
+
+
 def server_key(environment: Environment) -> str:
     """Which server of a model runs versions prepared with `environment`."""
     return CURRENT if environment.current else environment.key
@@ -45,14 +50,17 @@ class ModelServerProcess:
         registry_url: str,
         logs: Path,
         options: list[str],
+        sockets: Path,
     ) -> None:
         self.name = name
+        self.sockets = sockets  # the folder of the servers' Unix sockets
         self.environment = environment
         self.key = server_key(environment)
         self.registry_url = registry_url
         self.log_path = server_log(logs, name)
         self.options = options  # `modelhost worker` flags
         self.port = 0
+        self.socket = Path()
         self.process: subprocess.Popen[bytes] | None = None
         self.client: httpx.AsyncClient | None = None
         self.up = False  # it has answered GET /versions since it started
@@ -67,17 +75,23 @@ class ModelServerProcess:
 
     def start(self) -> None:
         self.port = free_port()
+        self.socket = socket_path(self.sockets, self.port)
         self.up = False
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = self.environment.process_env({**os.environ, "MLFLOW_TRACKING_URI": self.registry_url})
         python = str(self.environment.python)
         with open(self.log_path, "ab") as output:
             self.process = subprocess.Popen(
-                [python, "-m", "modelhost", "worker", "--port", str(self.port), *self.options],
+                [python, "-m", "modelhost", "worker", "--port", str(self.port),
+                 "--uds", str(self.socket), *self.options],
                 stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=env, start_new_session=True,
             )  # fmt: skip
-        self.client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.port}", timeout=10)
+        self.client = httpx.AsyncClient(
+            transport=httpx.AsyncHTTPTransport(uds=str(self.socket)),
+            base_url="http://model-server",
+            timeout=10,
+        )
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None

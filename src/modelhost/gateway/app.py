@@ -42,7 +42,7 @@ class Gateway:
         self.controller = controller
         self.serving_api = ServingAPI(controller)
         self._registry: Upstream | None = None
-        self._pools: dict[int, ConnectionPool] = {}  # by model server port
+        self._pools: dict[int, ConnectionPool] = {}  # by model server (its port)
         self._controlling: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -150,7 +150,7 @@ class Gateway:
         live = {p for routes in self.controller.routes.values() for p in routes.ports.values()}
         for gone in self._pools.keys() - live:
             self._pools.pop(gone).close()
-        pool = self._pools[port] = ConnectionPool(port)
+        pool = self._pools[port] = ConnectionPool(str(self.controller.socket_path(port)))
         return pool
 
     async def _health(self, send: Send) -> None:

@@ -2,7 +2,7 @@
 
 Every scoring request crosses the gateway, so this does the least it can: one write per request,
 httptools (uvicorn's own parser) to read the answer, and idle connections reused. It speaks
-only to modelhost's model servers on loopback, which answer every request with a
+only to modelhost's model servers, over their Unix sockets, which answer every request with a
 Content-Length, so it needs none of a general client's features (redirects, cookies, TLS,
 compression, proxies). The registry's traffic goes through `proxy.Upstream` instead.
 """
@@ -93,10 +93,10 @@ class _Connection(asyncio.Protocol):
 
 
 class ConnectionPool:
-    """Connections to one model server on 127.0.0.1, opened as needed and kept while idle."""
+    """Connections to one model server's Unix socket, opened as needed and kept while idle."""
 
-    def __init__(self, port: int, max_idle: int = 128) -> None:
-        self.port = port
+    def __init__(self, path: str, max_idle: int = 128) -> None:
+        self.path = path
         self.max_idle = max_idle
         self._idle: deque[_Connection] = deque()
 
@@ -104,7 +104,7 @@ class ConnectionPool:
         self, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes
     ) -> Response:
         """Send one request and read its whole answer; raises UpstreamClosed."""
-        head = [f"{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n".encode("latin-1")]
+        head = [f"{method} {path} HTTP/1.1\r\nhost: model-server\r\n".encode("latin-1")]
         head.extend(b"%s: %s\r\n" % pair for pair in headers)
         head.append(b"content-length: %d\r\n\r\n" % len(body))
         request = b"".join([*head, body])
@@ -136,9 +136,9 @@ class ConnectionPool:
     async def _open(self) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
-            _, connection = await loop.create_connection(_Connection, "127.0.0.1", self.port)
+            _, connection = await loop.create_unix_connection(_Connection, self.path)
         except OSError as e:
-            message = f"The model server on port {self.port} did not answer: {e}"
+            message = f"The model server at {self.path} did not answer: {e}"
             raise UpstreamClosed(message) from None
         return connection
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import shutil
+import socket
 import sys
 import tempfile
+from typing import Any
 
 import uvicorn
 
@@ -69,29 +72,59 @@ def _enter_model_environment(settings: ServeSettings, local_path: str) -> None:
 
 
 def serve_versions(settings: ServeSettings) -> None:
-    """Serve the versions of one registered model, loading and unloading them as told."""
+    """Serve the versions of one registered model, loading and unloading them as told.
+
+    Besides its TCP port, it listens on the Unix socket `settings.uds`, if given: the gateway
+    reaches it there, for less work per request on both sides than over TCP.
+    """
     log.info("Serving model versions on http://%s:%s/versions", settings.host, settings.port)
-    _run("modelhost.worker.app:create_platform_app", dataclasses.replace(settings, workers=1))
+    settings = dataclasses.replace(settings, workers=1)
+    settings.export()  # the app is built from it
+    sockets = [_tcp_socket(settings.host, settings.port)]
+    if settings.uds:
+        sockets.append(_unix_socket(settings.uds))
+    config = uvicorn.Config("modelhost.worker.app:create_platform_app", **_options(settings))
+    uvicorn.Server(config).run(sockets)
+
+
+def _tcp_socket(host: str, port: int) -> socket.socket:
+    tcp = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    tcp.bind((host, port))
+    return tcp
+
+
+def _unix_socket(path: str) -> socket.socket:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # left by a server that died
+    unix = socket.socket(socket.AF_UNIX)
+    unix.bind(path)
+    os.chmod(path, 0o600)  # the gateway's user only
+    return unix
 
 
 def _run(factory: str, settings: ServeSettings) -> None:
     settings.export()  # worker processes build their app from it
-    uvicorn.run(
-        factory,
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        http="httptools",
-        loop="uvloop",
-        lifespan="on",
-        access_log=False,
-        proxy_headers=False,  # client addresses are never used: skip reading them per request
-        server_header=False,
-        log_level="info",
-        timeout_graceful_shutdown=10,
-        backlog=4096,
-    )
+    uvicorn.run(factory, **_options(settings))
+
+
+def _options(settings: ServeSettings) -> dict[str, Any]:
+    """How uvicorn runs a model server: the fastest parts, nothing per request it can skip."""
+    return {
+        "factory": True,
+        "host": settings.host,
+        "port": settings.port,
+        "workers": settings.workers,
+        "http": "httptools",
+        "loop": "uvloop",
+        "lifespan": "on",
+        "access_log": False,
+        "proxy_headers": False,  # client addresses are never used: skip reading them
+        "server_header": False,
+        "log_level": "info",
+        "timeout_graceful_shutdown": 10,
+        "backlog": 4096,
+    }
 
 
 if __name__ == "__main__":  # how `serve` starts itself again in the model's environment
