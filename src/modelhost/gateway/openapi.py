@@ -16,6 +16,7 @@ import orjson
 from modelhost import __version__
 
 SERVING = "/api/2.0/preview/mlflow/endpoints"
+METHODS = ("get", "post", "put", "delete")
 FEATURES = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
 
 
@@ -327,9 +328,11 @@ def spec_json() -> bytes:
 def page() -> bytes:
     """The description as one self-contained HTML page."""
     sections = []
-    for path, methods in spec()["paths"].items():
-        for method, operation in methods.items():
-            sections.append(_operation(path, method, operation))
+    for path, item in spec()["paths"].items():
+        shared = item.get("parameters", [])  # the path's own, for each of its operations
+        for method, operation in item.items():
+            if method in METHODS:
+                sections.append(_operation(path, method, operation, shared))
     info = spec()["info"]
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>modelhost API</title>
@@ -350,18 +353,21 @@ table {{ border-collapse: collapse; }} td {{ padding: .1rem .8rem .1rem 0; verti
 """.encode()
 
 
-def _operation(path: str, method: str, operation: dict[str, Any]) -> str:
+def _operation(path: str, method: str, operation: dict[str, Any], shared: list) -> str:
     parts = [
         f'<h2><span class="method">{method.upper()}</span> <code>{html.escape(path)}</code></h2>',
         f"<p>{_text(operation['summary'])}.</p>",
     ]
     if "description" in operation:
         parts.append(f"<p>{_text(operation['description'])}</p>")
-    for parameter in operation.get("parameters", []):
+    for parameter in [*shared, *operation.get("parameters", [])]:
         required = "required" if parameter.get("required") else "optional"
+        said = parameter.get("description", "")
+        if "enum" in parameter["schema"]:
+            said += " One of " + ", ".join(f"`{value}`" for value in parameter["schema"]["enum"])
         parts.append(
             f"<p><code>{html.escape(parameter['name'])}</code> ({parameter['in']}, {required})"
-            f" {_text(parameter.get('description', ''))}</p>"
+            f" {_text(said)}</p>"
         )
     body = operation.get("requestBody", {}).get("content", {})
     example = body.get("application/json", {}).get("example")
