@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from modelhost.errors import PayloadTooLarge
+import orjson
+
+from modelhost.errors import InvalidInput, PayloadTooLarge
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -59,3 +61,14 @@ def _too_large(limit: int) -> PayloadTooLarge:
         f"The body is larger than the limit of {limit} bytes. Send fewer rows per request, "
         "or raise the limit with --max-body-mb."
     )
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    """A request body that must be a JSON object (an empty body is an empty one)."""
+    try:
+        document = orjson.loads(body or b"{}")
+    except orjson.JSONDecodeError:
+        raise InvalidInput("The body is not JSON: send a JSON object.") from None
+    if not isinstance(document, dict):
+        raise InvalidInput("Send a JSON object.")
+    return document

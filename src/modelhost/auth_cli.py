@@ -2,51 +2,26 @@
 
 from __future__ import annotations
 
-import json
-
 import click
-import httpx
+
+from modelhost.api_client import ApiClient, show
 
 PREFIX = "/api/2.0/modelhost"
 LEVELS = click.Choice(["READ", "EDIT", "MANAGE"], case_sensitive=False)
 
 
-class AuthClient:
+class AuthClient(ApiClient):
     def __init__(self, url: str, token: str | None) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=60)
+        super().__init__(url, token, PREFIX)
 
-    def call(self, method: str, route: str, **fields: object) -> dict:
-        try:
-            if method == "POST":
-                response = self._http.post(f"{PREFIX}/{route}", json=fields)
-            else:
-                params = {k: v for k, v in fields.items() if v is not None}
-                response = self._http.get(f"{PREFIX}/{route}", params=params)
-        except httpx.TransportError as e:
-            raise click.ClickException(
-                f"modelhost at {self._http.base_url} did not answer ({e}). Is `modelhost up` "
-                "running? Point at it with --url or MODELHOST_URL."
-            ) from None
-        try:
-            body = response.json()
-        except ValueError:
-            body = {"message": response.text}
+    def explain(self, status: int, body: dict) -> str:
         # The gateway alone (no auth) knows no such route.
-        if response.status_code == 404 and str(body.get("message")).startswith(
-            f"No route {PREFIX}"
-        ):
-            raise click.ClickException(
-                f"modelhost at {self._http.base_url} does not sign callers in: start it with "
+        if status == 404 and str(body.get("message")).startswith(f"No route {PREFIX}"):
+            return (
+                f"modelhost at {self.base_url} does not sign callers in: start it with "
                 "`modelhost up --auth`."
             )
-        if response.is_error:
-            raise click.ClickException(body.get("message", response.text))
-        return body
-
-
-def _show(value: object) -> None:
-    click.echo(json.dumps(value, indent=2))
+        return super().explain(status, body)
 
 
 def _connection(group: click.Group) -> click.Group:
@@ -92,7 +67,7 @@ def create_user(client: AuthClient, name: str, service_principal: bool, admin: b
 @click.pass_obj
 def list_users(client: AuthClient) -> None:
     """Every user and service principal."""
-    _show(client.call("GET", "users/list")["users"])
+    show(client.call("GET", "users/list")["users"])
 
 
 @users.command(name="revoke")
@@ -134,7 +109,7 @@ def create_token(
 @click.pass_obj
 def list_tokens(client: AuthClient, user: str | None) -> None:
     """Live tokens (their ids, never the tokens)."""
-    _show(client.call("GET", "tokens/list", user=user)["tokens"])
+    show(client.call("GET", "tokens/list", user=user)["tokens"])
 
 
 @tokens.command(name="revoke")
@@ -190,7 +165,7 @@ def revoke(client: AuthClient, name_or_prefix: str, user: str) -> None:
 def list_grants(client: AuthClient, name_or_prefix: str | None, user: str | None) -> None:
     """The grants that apply to NAME_OR_PREFIX (its own and its prefixes'), or yours."""
     shown = client.call("GET", "permissions/list", target=name_or_prefix, user=user)
-    _show(shown["permissions"])
+    show(shown["permissions"])
 
 
 @permissions.command()
@@ -198,4 +173,4 @@ def list_grants(client: AuthClient, name_or_prefix: str | None, user: str | None
 @click.pass_obj
 def audit(client: AuthClient, name_or_prefix: str) -> None:
     """Who granted, revoked, turned serving on and off on NAME_OR_PREFIX, newest first."""
-    _show(client.call("GET", "permissions/audit", target=name_or_prefix)["events"])
+    show(client.call("GET", "permissions/audit", target=name_or_prefix)["events"])

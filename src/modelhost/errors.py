@@ -32,6 +32,25 @@ class NotFound(ModelhostError):
     error_code = "RESOURCE_DOES_NOT_EXIST"
 
 
+class Unauthenticated(ModelhostError):
+    """No credential, or one that is unknown, revoked or expired."""
+
+    status = HTTPStatus.UNAUTHORIZED
+    error_code = "UNAUTHENTICATED"
+
+
+class PermissionDenied(ModelhostError):
+    status = HTTPStatus.FORBIDDEN
+    error_code = "PERMISSION_DENIED"
+
+
+class TooManyFailures(ModelhostError):
+    """Too many failed sign-ins from one address."""
+
+    status = HTTPStatus.TOO_MANY_REQUESTS
+    error_code = "REQUEST_LIMIT_EXCEEDED"
+
+
 class MethodNotAllowed(ModelhostError):
     status = HTTPStatus.METHOD_NOT_ALLOWED
     error_code = "BAD_REQUEST"

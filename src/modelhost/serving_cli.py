@@ -2,43 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import click
-import httpx
 
+from modelhost.api_client import ApiClient, show
 from modelhost.config import EnvManager
 
 PREFIX = "/api/2.0/preview/mlflow/endpoints"
-
-
-class ServingClient:
-    def __init__(self, url: str, token: str | None) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=60)
-
-    def call(self, method: str, action: str, **fields: str) -> dict:
-        try:
-            if method == "POST":
-                response = self._http.post(f"{PREFIX}/{action}", json=fields)
-            else:
-                response = self._http.get(f"{PREFIX}/{action}", params=fields)
-        except httpx.TransportError as e:
-            raise click.ClickException(
-                f"modelhost at {self._http.base_url} did not answer ({e}). Is `modelhost up` "
-                "running? Point at it with --url or MODELHOST_URL."
-            ) from None
-        try:
-            body = response.json()
-        except ValueError:
-            body = {"message": response.text}
-        if response.is_error:
-            raise click.ClickException(body.get("message", response.text))
-        return body
-
-
-def _show(value: object) -> None:
-    click.echo(json.dumps(value, indent=2))
 
 
 @click.group()
@@ -53,7 +22,7 @@ def _show(value: object) -> None:
 @click.pass_context
 def serving(ctx: click.Context, url: str, token: str | None) -> None:
     """Turn serving on and off for registered models, and see how it goes."""
-    ctx.obj = ServingClient(url, token)
+    ctx.obj = ApiClient(url, token, PREFIX)
 
 
 name_argument = click.argument("name")
@@ -74,7 +43,7 @@ ENV_MANAGER_HELP = (
     help=f"{ENV_MANAGER_HELP}  [default: the one `modelhost up` was started with]",
 )
 @click.pass_obj
-def enable(client: ServingClient, name: str, env_manager: str | None) -> None:
+def enable(client: ApiClient, name: str, env_manager: str | None) -> None:
     """Serve every non-archived version of registered model NAME."""
     fields = {"env_manager": env_manager} if env_manager else {}
     client.call("POST", "enable", registered_model_name=name, **fields)
@@ -85,7 +54,7 @@ def enable(client: ServingClient, name: str, env_manager: str | None) -> None:
 @name_argument
 @click.option("--env-manager", type=ENV_MANAGERS, required=True, help=ENV_MANAGER_HELP)
 @click.pass_obj
-def settings(client: ServingClient, name: str, env_manager: str) -> None:
+def settings(client: ApiClient, name: str, env_manager: str) -> None:
     """Change how NAME is served; its versions move once they are ready again."""
     client.call("POST", "update-settings", registered_model_name=name, env_manager=env_manager)
     click.echo(f"env_manager of {name} is {env_manager}.")
@@ -94,7 +63,7 @@ def settings(client: ServingClient, name: str, env_manager: str) -> None:
 @serving.command()
 @name_argument
 @click.pass_obj
-def disable(client: ServingClient, name: str) -> None:
+def disable(client: ApiClient, name: str) -> None:
     """Stop serving registered model NAME."""
     client.call("POST", "disable", registered_model_name=name)
     click.echo(f"Serving disabled for {name}.")
@@ -103,39 +72,39 @@ def disable(client: ServingClient, name: str) -> None:
 @serving.command()
 @name_argument
 @click.pass_obj
-def status(client: ServingClient, name: str) -> None:
+def status(client: ApiClient, name: str) -> None:
     """The state of NAME's serving."""
-    _show(client.call("GET", "get-status", registered_model_name=name)["endpoint_status"])
+    show(client.call("GET", "get-status", registered_model_name=name)["endpoint_status"])
 
 
 @serving.command(name="list")
 @click.pass_obj
-def list_(client: ServingClient) -> None:
+def list_(client: ApiClient) -> None:
     """Every served model and its state."""
-    _show(client.call("GET", "list")["endpoints"])
+    show(client.call("GET", "list")["endpoints"])
 
 
 @serving.command()
 @name_argument
 @click.pass_obj
-def versions(client: ServingClient, name: str) -> None:
+def versions(client: ApiClient, name: str) -> None:
     """The served versions of NAME and their states."""
-    _show(client.call("GET", "list-versions", registered_model_name=name)["endpoint_versions"])
+    show(client.call("GET", "list-versions", registered_model_name=name)["endpoint_versions"])
 
 
 @serving.command()
 @name_argument
 @click.pass_obj
-def events(client: ServingClient, name: str) -> None:
+def events(client: ApiClient, name: str) -> None:
     """What happened to NAME's serving, newest first."""
-    _show(client.call("GET", "events", registered_model_name=name)["events"])
+    show(client.call("GET", "events", registered_model_name=name)["events"])
 
 
 @serving.command()
 @name_argument
 @click.option("--version", "version", default=None, help="A version of NAME.")
 @click.pass_obj
-def logs(client: ServingClient, name: str, version: str | None) -> None:
+def logs(client: ApiClient, name: str, version: str | None) -> None:
     """The log of NAME's model server."""
     fields = {"registered_model_name": name}
     if version:

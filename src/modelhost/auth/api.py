@@ -13,13 +13,12 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from modelhost.asgi import Receive, Scope, Send, read_body, respond
+from modelhost.asgi import Receive, Scope, Send, json_object, read_body, respond
 from modelhost.auth.access import Access
-from modelhost.auth.errors import PermissionDenied
 from modelhost.auth.policy import Level, covers, parse_level
 from modelhost.auth.store import Kind, Principal
 from modelhost.control.store import StateStore
-from modelhost.errors import InvalidInput, ModelhostError, NotFound
+from modelhost.errors import InvalidInput, ModelhostError, NotFound, PermissionDenied
 
 PREFIX = "/api/2.0/modelhost/"
 DAY_S = 86400.0
@@ -40,7 +39,7 @@ class AuthAPI:
                 fields = {key: values[0] for key, values in query.items()}
             else:
                 body = await read_body(dict(scope["headers"]), receive, 64 * 1024)
-                fields = _object(body)
+                fields = json_object(body)
             answer = self._dispatch(route, fields, caller)
         except ModelhostError as e:
             await respond(send, e.status, e.body())
@@ -178,16 +177,6 @@ def _admin(caller: Principal, what: str) -> None:
 def _self_or_admin(caller: Principal, user: str, what: str) -> None:
     if user != caller.name and not caller.admin:
         raise PermissionDenied(f"{what} is for admins only.")
-
-
-def _object(body: bytes) -> dict:
-    try:
-        document = orjson.loads(body or b"{}")
-    except orjson.JSONDecodeError:
-        raise InvalidInput("The body is not JSON: send a JSON object.") from None
-    if not isinstance(document, dict):
-        raise InvalidInput("Send a JSON object.")
-    return document
 
 
 def _text(fields: dict, key: str, default: str | None = None) -> str:

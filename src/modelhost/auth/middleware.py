@@ -13,17 +13,22 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from modelhost.asgi import Receive, Scope, Send, read_body, respond
+from modelhost.asgi import Receive, Scope, Send, json_object, read_body, respond
 from modelhost.auth import ACTOR
 from modelhost.auth.access import Access
 from modelhost.auth.api import PREFIX as API_PREFIX
 from modelhost.auth.api import AuthAPI
-from modelhost.auth.errors import PermissionDenied, TooManyFailures, Unauthenticated
 from modelhost.auth.limits import FailureLimiter, retry_after
 from modelhost.auth.policy import SCORING, Level, Rule, registry_rule, serving_rule
 from modelhost.auth.store import Principal
 from modelhost.control.store import StateStore
-from modelhost.errors import InvalidInput, ModelhostError
+from modelhost.errors import (
+    InvalidInput,
+    ModelhostError,
+    PermissionDenied,
+    TooManyFailures,
+    Unauthenticated,
+)
 from modelhost.gateway.serving import PREFIXES as SERVING_PREFIXES
 
 log = logging.getLogger("modelhost.auth")
@@ -112,7 +117,7 @@ class Auth:
                     fields = {rule.field: _query_value(scope, rule.field)}
                 else:
                     body = await read_body(dict(scope["headers"]), receive, BODY_LIMIT)
-                    fields = _json_object(body)
+                    fields = json_object(body)
                 name = fields.get(rule.field)
                 if not isinstance(name, str) or not name:
                     raise InvalidInput(f"Name the registered model: pass '{rule.field}'.")
@@ -209,16 +214,6 @@ def _query_value(scope: Scope, key: str) -> str | None:
     if len(values) > 1:
         raise InvalidInput(f"Pass '{key}' once.")
     return values[0] if values else None
-
-
-def _json_object(body: bytes) -> dict:
-    try:
-        document = orjson.loads(body or b"{}")
-    except orjson.JSONDecodeError:
-        raise InvalidInput("The body is not JSON: send a JSON object.") from None
-    if not isinstance(document, dict):
-        raise InvalidInput("Send a JSON object.")
-    return document
 
 
 def _entry_name(entry: object) -> str:
