@@ -189,5 +189,9 @@ def test_health_says_when_the_registry_is_unreachable(tmp_path):
         assert proxied.status_code == 503
         assert "did not answer" in proxied.json()["message"]
     finally:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        process.send_signal(signal.SIGINT)  # as a user stops it: it cleans up after itself
+        try:
+            assert process.wait(timeout=30) == 0
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
