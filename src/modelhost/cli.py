@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import click
 
@@ -12,6 +14,53 @@ from modelhost.config import EnvManager, ServeSettings, UpSettings, default_home
 from modelhost.errors import ModelhostError
 from modelhost.logs import configure_logging
 from modelhost.serving_cli import serving
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def _max_batch_size() -> Callable[[F], F]:
+    return click.option(
+        "--max-batch-size",
+        default=ServeSettings.max_batch_size,
+        show_default=True,
+        envvar="MODELHOST_MAX_BATCH_SIZE",
+        type=click.IntRange(min=1),
+        help="Most input rows one predict call combines; 1 turns batching off.",
+    )
+
+
+def _max_batch_delay_ms() -> Callable[[F], F]:
+    return click.option(
+        "--max-batch-delay-ms",
+        default=ServeSettings.max_batch_delay_ms,
+        show_default=True,
+        envvar="MODELHOST_MAX_BATCH_DELAY_MS",
+        type=click.FloatRange(min=0),
+        help="Longest a batch waits for requests that have already arrived.",
+    )
+
+
+def _max_body_mb() -> Callable[[F], F]:
+    return click.option(
+        "--max-body-mb",
+        default=ServeSettings.max_body_mb,
+        show_default=True,
+        envvar="MODELHOST_MAX_BODY_MB",
+        type=click.FloatRange(min=0, min_open=True),
+        help="Largest scoring request body accepted; larger ones get 413.",
+    )
+
+
+def _timeout() -> Callable[[F], F]:
+    return click.option(
+        "--timeout",
+        "timeout_s",
+        default=ServeSettings.timeout_s,
+        show_default=True,
+        envvar="MODELHOST_TIMEOUT",
+        type=click.FloatRange(min=0, min_open=True),
+        help="Seconds a scoring request may wait for its predictions before it gets 504.",
+    )
 
 
 @click.group()
@@ -49,39 +98,10 @@ def main() -> None:
     type=click.IntRange(min=1),
     help="Worker processes.",
 )
-@click.option(
-    "--max-batch-size",
-    default=ServeSettings.max_batch_size,
-    show_default=True,
-    envvar="MODELHOST_MAX_BATCH_SIZE",
-    type=click.IntRange(min=1),
-    help="Most input rows one predict call combines; 1 turns batching off.",
-)
-@click.option(
-    "--max-batch-delay-ms",
-    default=ServeSettings.max_batch_delay_ms,
-    show_default=True,
-    envvar="MODELHOST_MAX_BATCH_DELAY_MS",
-    type=click.FloatRange(min=0),
-    help="Longest a batch waits for requests that have already arrived.",
-)
-@click.option(
-    "--max-body-mb",
-    default=ServeSettings.max_body_mb,
-    show_default=True,
-    envvar="MODELHOST_MAX_BODY_MB",
-    type=click.FloatRange(min=0, min_open=True),
-    help="Largest request body accepted; larger ones get 413.",
-)
-@click.option(
-    "--timeout",
-    "timeout_s",
-    default=ServeSettings.timeout_s,
-    show_default=True,
-    envvar="MODELHOST_TIMEOUT",
-    type=click.FloatRange(min=0, min_open=True),
-    help="Seconds a request may wait for its predictions before it gets 504.",
-)
+@_max_batch_size()
+@_max_batch_delay_ms()
+@_max_body_mb()
+@_timeout()
 @click.option(
     "--env-manager",
     default=ServeSettings.env_manager,
@@ -100,9 +120,7 @@ def serve(**options: object) -> None:
 
     try:
         run(ServeSettings(**options))  # type: ignore[arg-type]
-    except MlflowException as e:
-        raise click.ClickException(f"Cannot serve {options['model_uri']}: {e.message}") from None
-    except ModelhostError as e:
+    except (MlflowException, ModelhostError) as e:
         raise click.ClickException(f"Cannot serve {options['model_uri']}: {e.message}") from None
 
 
@@ -137,23 +155,8 @@ def serve(**options: object) -> None:
     envvar="MODELHOST_DEMO",
     help="Register an example model.",
 )
-@click.option(
-    "--max-body-mb",
-    default=UpSettings.max_body_mb,
-    show_default=True,
-    envvar="MODELHOST_MAX_BODY_MB",
-    type=click.FloatRange(min=0, min_open=True),
-    help="Largest scoring request body accepted; larger ones get 413.",
-)
-@click.option(
-    "--timeout",
-    "timeout_s",
-    default=UpSettings.timeout_s,
-    show_default=True,
-    envvar="MODELHOST_TIMEOUT",
-    type=click.FloatRange(min=0, min_open=True),
-    help="Seconds a scoring request may wait for its predictions before it gets 504.",
-)
+@_max_body_mb()
+@_timeout()
 @click.option(
     "--env-manager",
     default=UpSettings.env_manager,
@@ -201,19 +204,10 @@ def up(**options: object) -> None:
 @click.option("--host", default=ServeSettings.host, show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), required=True)
 @click.option("--uds", default=None, help="Also listen on this Unix socket.")
-@click.option("--max-batch-size", default=ServeSettings.max_batch_size, type=click.IntRange(min=1))
-@click.option(
-    "--max-batch-delay-ms", default=ServeSettings.max_batch_delay_ms, type=click.FloatRange(min=0)
-)
-@click.option(
-    "--max-body-mb", default=ServeSettings.max_body_mb, type=click.FloatRange(min=0, min_open=True)
-)
-@click.option(
-    "--timeout",
-    "timeout_s",
-    default=ServeSettings.timeout_s,
-    type=click.FloatRange(min=0, min_open=True),
-)
+@_max_batch_size()
+@_max_batch_delay_ms()
+@_max_body_mb()
+@_timeout()
 def worker(**options: object) -> None:
     """A model server of the platform: holds the versions of one model, as `up` tells it."""
     from modelhost.worker.server import serve_versions
