@@ -15,13 +15,11 @@ import argparse
 import json
 import os
 import secrets
-import signal
-import subprocess
 import sys
 import tempfile
 import urllib.error
 import urllib.request
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 import orjson
@@ -31,9 +29,9 @@ from serving import (
     BenchmarkError,
     WrkResult,
     ensure_wrk,
-    free_port,
     iris_rows,
     median_run,
+    platform,
     positive_int,
     request_body,
     run_wrk,
@@ -47,28 +45,6 @@ def call(url: str, token: str | None, body: dict | None = None) -> dict:
         request.add_header("Authorization", f"Bearer {token}")
     with urllib.request.urlopen(request, timeout=30) as response:
         return orjson.loads(response.read())
-
-
-@contextmanager
-def platform(tmp: Path, name: str, *options: str, env: dict[str, str] | None = None):
-    """`modelhost up` with its own home, stopped with its process group on the way out."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    up = subprocess.Popen(
-        [sys.executable, "-m", "modelhost", "up", "--home", str(tmp / name), "--port", str(port),
-         *options],
-        stdout=open(tmp / f"{name}.log", "wb"),  # noqa: SIM115 - the child holds it
-        stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})},
-    )  # fmt: skip
-    try:
-        wait(lambda: urllib.request.urlopen(f"{url}/health").status == 200, f"{name} up")
-        yield url
-    finally:
-        os.killpg(up.pid, signal.SIGINT)
-        try:
-            up.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(up.pid, signal.SIGKILL)
 
 
 def serve_model(url: str, token: str | None) -> None:
@@ -128,11 +104,12 @@ def run(args: argparse.Namespace) -> None:
     admin = secrets.token_urlsafe(32)
     with tempfile.TemporaryDirectory(prefix="modelhost-auth-bench-") as scratch, ExitStack() as up:
         tmp = Path(scratch)
+        signed_in = {"MODELHOST_ADMIN_TOKEN": admin}
         urls = {
-            "open": up.enter_context(platform(tmp, "open")),
+            "open": up.enter_context(platform(tmp / "open", tmp / "open.log"))[0],
             "auth": up.enter_context(
-                platform(tmp, "auth", "--auth", env={"MODELHOST_ADMIN_TOKEN": admin})
-            ),
+                platform(tmp / "auth", tmp / "auth.log", "--auth", env=signed_in)
+            )[0],
         }
         serve_model(urls["open"], None)
         serve_model(urls["auth"], admin)

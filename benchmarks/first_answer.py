@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from serving import (
     free_port,
     iris_rows,
     log_tail,
+    platform,
     positive_int,
     request_body,
     server_env,
@@ -176,52 +176,23 @@ def run(args: argparse.Namespace) -> None:
 
 
 def one_round(scratch: Path) -> dict[str, float]:
-    port = free_port()
-    gateway = f"http://127.0.0.1:{port}"
     log = scratch / "up.log"
-    with log.open("wb") as out:
-        up = subprocess.Popen(
-            [sys.executable, "-m", "modelhost", "up", "--home", str(scratch / "home"),
-             "--port", str(port), "--env-manager", "uv"],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 180
-        while urllib_status(f"{gateway}/health") != 200:
-            if time.monotonic() > deadline or up.poll() is not None:
-                raise BenchmarkError(f"modelhost up did not start; log:\n{log_tail(log)}")
-            time.sleep(0.3)
-        mlflow.set_tracking_uri(gateway)
-        mlflow.set_experiment("first-answer")
-        results = measure_modelhost(gateway, up, log)
-        env_root = scratch / "mlflow-envs"
-        for case, manager in [
-            ("mlflow models serve, uv, fresh environment", "uv"),
-            ("mlflow models serve, uv, cached environment", "uv"),
-            ("mlflow models serve, local", "local"),
-        ]:
-            results[case] = measure_mlflow(scratch, gateway, manager, env_root)
-            print(f"  {case}: {results[case]:.2f} s", flush=True)
-    finally:
-        os.killpg(up.pid, signal.SIGINT)
+    with platform(scratch / "home", log, "--env-manager", "uv") as (gateway, up):
         try:
-            up.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(up.pid, signal.SIGKILL)
-            up.wait()
-        mlflow.set_tracking_uri(None)
+            mlflow.set_tracking_uri(gateway)
+            mlflow.set_experiment("first-answer")
+            results = measure_modelhost(gateway, up, log)
+            env_root = scratch / "mlflow-envs"
+            for case, manager in [
+                ("mlflow models serve, uv, fresh environment", "uv"),
+                ("mlflow models serve, uv, cached environment", "uv"),
+                ("mlflow models serve, local", "local"),
+            ]:
+                results[case] = measure_mlflow(scratch, gateway, manager, env_root)
+                print(f"  {case}: {results[case]:.2f} s", flush=True)
+        finally:
+            mlflow.set_tracking_uri(None)
     return results
-
-
-def urllib_status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status
-    except urllib.error.HTTPError as e:
-        return e.code
-    except OSError:
-        return 0
 
 
 def report(results: dict[str, float], rounds: int) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -29,9 +28,9 @@ from serving import (
     BenchmarkError,
     WrkResult,
     ensure_wrk,
-    free_port,
     iris_rows,
     median_run,
+    platform,
     positive_int,
     request_body,
     run_wrk,
@@ -102,35 +101,20 @@ def worker_port(pid: int) -> int:
 def run(args: argparse.Namespace) -> None:
     ensure_wrk()
     print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
-    with tempfile.TemporaryDirectory(prefix="modelhost-gateway-bench-") as tmp:
-        port = free_port()
-        gateway = f"http://127.0.0.1:{port}"
-        up = subprocess.Popen(
-            [sys.executable, "-m", "modelhost", "up", "--home", f"{tmp}/home", "--port", str(port)],
-            stdout=open(f"{tmp}/up.log", "wb"),  # noqa: SIM115 - the child holds it
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            wait(lambda: urllib.request.urlopen(f"{gateway}/health").status == 200, "up")
-            register(gateway)
-            get_json(f"{gateway}{API}/enable", {"registered_model_name": MODEL})
-            wait(lambda: version_states(gateway) == ["VERSION_STATE_READY"], "version 1 ready")
-            worker = worker_pid(up)
-            direct = f"http://127.0.0.1:{worker_port(worker)}/versions/1/invocations"
-            targets = {"gateway": f"{gateway}/model/{MODEL}/1/invocations", "direct": direct}
-            body_file = Path(tmp) / "one-row.json"
-            body_file.write_bytes(request_body(iris_rows(1)))
-            lua = write_lua(body_file)
-            results = {
-                c: measure(targets, lua, c, args, (up.pid, worker)) for c in args.connections
-            }
-        finally:
-            os.killpg(up.pid, signal.SIGINT)
-            try:
-                up.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(up.pid, signal.SIGKILL)
+    with (
+        tempfile.TemporaryDirectory(prefix="modelhost-gateway-bench-") as tmp,
+        platform(Path(tmp) / "home", Path(tmp) / "up.log") as (gateway, up),
+    ):
+        register(gateway)
+        get_json(f"{gateway}{API}/enable", {"registered_model_name": MODEL})
+        wait(lambda: version_states(gateway) == ["VERSION_STATE_READY"], "version 1 ready")
+        worker = worker_pid(up)
+        direct = f"http://127.0.0.1:{worker_port(worker)}/versions/1/invocations"
+        targets = {"gateway": f"{gateway}/model/{MODEL}/1/invocations", "direct": direct}
+        body_file = Path(tmp) / "one-row.json"
+        body_file.write_bytes(request_body(iris_rows(1)))
+        lua = write_lua(body_file)
+        results = {c: measure(targets, lua, c, args, (up.pid, worker)) for c in args.connections}
     print(f"\n1-row requests, median of {args.rounds} runs; CPU: microseconds per request")
     print(f"{'connections':>11} {'path':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
           f"{'gateway CPU':>11} {'server CPU':>10} {'errors':>6}")  # fmt: skip

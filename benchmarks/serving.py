@@ -180,6 +180,32 @@ def wait_ready(proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
     )
 
 
+@contextlib.contextmanager
+def platform(
+    home: Path, log: Path, *options: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`modelhost up` with its own home, ready; Ctrl-C'd (then killed) on the way out."""
+    port = free_port()
+    url = f"http://{HOST}:{port}"
+    with log.open("wb") as out:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "modelhost", "up", "--home", str(home), "--port", str(port),
+             *options],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, env={**os.environ, **(env or {})},
+        )  # fmt: skip
+    try:
+        wait_ready(up, f"{url}/health", log)
+        yield url, up
+    finally:
+        os.killpg(up.pid, signal.SIGINT)
+        try:
+            up.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(up.pid, signal.SIGKILL)
+            up.wait()
+
+
 def group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
