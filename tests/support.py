@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import httpx
+import numpy as np
+import pandas as pd
+from mlflow.utils.proto_json_utils import NumpyEncoder, _get_jsonable_obj
 
 START_TIMEOUT_S = 180
 
@@ -153,3 +159,100 @@ class Reply:
         import json
 
         return json.loads(self.content)
+
+
+# --- the platform: `modelhost up` in a subprocess
+
+FEATURES = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
+ONE_ROW = {"dataframe_split": {"columns": FEATURES, "data": [[5.1, 3.5, 1.4, 0.2]]}}
+
+
+class Platform:
+    """`modelhost up` in a subprocess with its own home."""
+
+    def __init__(self, home, *options: str) -> None:
+        self.home = home
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.args = [sys.executable, "-m", "modelhost", "up", "--home", str(home),
+                     "--port", str(self.port), *options]  # fmt: skip
+        self.log_path = home.parent / f"up-{self.port}.log"
+        self.process: subprocess.Popen | None = None
+        # Every process `up` starts inherits this, so none can hide from the check at exit.
+        self.marker = f"TEST_PLATFORM_MARKER={uuid.uuid4().hex}"
+
+    def __enter__(self) -> Platform:
+        with open(self.log_path, "wb") as log:
+            name, _, value = self.marker.partition("=")
+            self.process = subprocess.Popen(
+                self.args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                env={**os.environ, name: value},
+            )  # fmt: skip
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log_path.read_text()
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        self.__exit__()
+        raise AssertionError(f"modelhost up did not become healthy:\n{self.log_path.read_text()}")
+
+    def __exit__(self, *_) -> None:
+        """Ctrl-C, as a user stops it; then check nothing it started is left."""
+        os.kill(self.process.pid, signal.SIGINT)
+        try:
+            self.process.wait(timeout=30)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+        leftovers = started_by(self.marker)
+        assert leftovers == [], f"still running after Ctrl-C: {leftovers}"
+
+
+def started_by(marker: str) -> list[str]:
+    """The command lines of running processes whose environment holds `marker`."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if marker.encode() in (proc / "environ").read_bytes().split(b"\0"):
+                found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:  # gone meanwhile, or not ours to read
+            pass
+    return found
+
+
+def eventually(check, timeout_s: float = 60):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return check()
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def cli(platform, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "modelhost", "serving", *args],
+        env={**os.environ, "MODELHOST_URL": platform.url},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+# --- predictions as MLflow renders them
+
+
+def mlflow_json(predictions) -> object:
+    """Predictions as MLflow's scoring server renders them, parsed back."""
+    return json.loads(json.dumps(_get_jsonable_obj(predictions, "records"), cls=NumpyEncoder))
+
+
+def sample(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
+    """Rows like the training data, jittered so they are not the training rows themselves."""
+    rng = np.random.default_rng(seed)
+    picked = frame.sample(rows, random_state=seed, replace=True).reset_index(drop=True)
+    return (picked + rng.normal(0, 0.05, picked.shape)).round(3)

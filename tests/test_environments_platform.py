@@ -14,8 +14,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 from mlflow.models import infer_signature
-from test_serving import cli, eventually
-from test_up import Platform
+from support import Platform, cli, eventually
 
 from modelhost.control.environments import MARKER
 from modelhost.control.store import StateStore

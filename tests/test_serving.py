@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import warnings
@@ -16,11 +15,9 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 from sklearn.linear_model import LogisticRegression
-from test_up import Platform
+from support import ONE_ROW, Platform, cli, eventually
 
 API = "/api/2.0/preview/mlflow/endpoints"
-FEATURES = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
-ONE_ROW = {"dataframe_split": {"columns": FEATURES, "data": [[5.1, 3.5, 1.4, 0.2]]}}
 
 
 def register(iris, name: str, c: float) -> str:
@@ -38,17 +35,6 @@ def transition(registry: MlflowClient, name: str, version: str, stage: str) -> N
     with warnings.catch_warnings():  # stages are deprecated in MLflow, yet still in use
         warnings.simplefilter("ignore", FutureWarning)
         registry.transition_model_version_stage(name, version, stage)
-
-
-def eventually(check, timeout_s: float = 60):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return check()
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
 
 
 @pytest.fixture
@@ -103,14 +89,6 @@ def test_enabled_model_serves_versions_stages_and_aliases_in_sync(client, iris):
 
     assert client.post(f"{API}/disable", json={"registered_model_name": name}).status_code == 200
     eventually(lambda: _gone(client, quoted, "2"))
-
-
-def cli(platform, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "modelhost", "serving", *args],
-        env={**os.environ, "MODELHOST_URL": platform.url},
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
 
 
 def test_the_serving_command_line(platform, iris):

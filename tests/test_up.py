@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import httpx
@@ -16,68 +15,9 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 from sklearn.linear_model import LogisticRegression
-from support import free_port
+from support import START_TIMEOUT_S, Platform, free_port
 
 from modelhost.demo import ONE_FLOWER
-
-START_TIMEOUT_S = 180
-
-
-class Platform:
-    """`modelhost up` in a subprocess with its own home."""
-
-    def __init__(self, home, *options: str) -> None:
-        self.home = home
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.args = [sys.executable, "-m", "modelhost", "up", "--home", str(home),
-                     "--port", str(self.port), *options]  # fmt: skip
-        self.log_path = home.parent / f"up-{self.port}.log"
-        self.process: subprocess.Popen | None = None
-        # Every process `up` starts inherits this, so none can hide from the check at exit.
-        self.marker = f"MODELHOST_TEST_PLATFORM={uuid.uuid4().hex}"
-
-    def __enter__(self) -> Platform:
-        with open(self.log_path, "wb") as log:
-            name, _, value = self.marker.partition("=")
-            self.process = subprocess.Popen(
-                self.args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                env={**os.environ, name: value},
-            )  # fmt: skip
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.log_path.read_text()
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        self.__exit__()
-        raise AssertionError(f"modelhost up did not become healthy:\n{self.log_path.read_text()}")
-
-    def __exit__(self, *_) -> None:
-        """Ctrl-C, as a user stops it; then check nothing it started is left."""
-        os.kill(self.process.pid, signal.SIGINT)
-        try:
-            self.process.wait(timeout=30)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-        leftovers = started_by(self.marker)
-        assert leftovers == [], f"still running after Ctrl-C: {leftovers}"
-
-
-def started_by(marker: str) -> list[str]:
-    """The command lines of running processes whose environment holds `marker`."""
-    found = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            if marker.encode() in (proc / "environ").read_bytes().split(b"\0"):
-                found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
-        except OSError:  # gone meanwhile, or not ours to read
-            pass
-    return found
 
 
 @pytest.fixture

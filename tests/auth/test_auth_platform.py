@@ -20,8 +20,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from sklearn.linear_model import LogisticRegression
-from test_serving import ONE_ROW, eventually
-from test_up import Platform
+from support import ONE_ROW, Platform, eventually
 
 API = "/api/2.0/preview/mlflow/endpoints"
 MODEL = "prod.ml_team.iris"

@@ -7,8 +7,7 @@ import mlflow
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support import Server, burst
-from test_scoring import mlflow_json, sample
+from support import Server, burst, mlflow_json, sample
 
 
 def metric(server: Server, name: str) -> float:

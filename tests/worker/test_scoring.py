@@ -8,17 +8,12 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow.utils.proto_json_utils import NumpyEncoder, _get_jsonable_obj
 from sklearn.datasets import load_diabetes
+from support import mlflow_json, sample
 
 JSON = "application/json"
 PARQUET = "application/vnd.apache.parquet"
 ROW_COUNTS = (1, 7, 40)
-
-
-def mlflow_json(predictions) -> object:
-    """Predictions as MLflow's scoring server renders them, parsed back."""
-    return json.loads(json.dumps(_get_jsonable_obj(predictions, "records"), cls=NumpyEncoder))
 
 
 def dataframe_payloads(frame: pd.DataFrame) -> list[tuple[str, bytes | str, str, bool]]:
@@ -43,13 +38,6 @@ def dataframe_payloads(frame: pd.DataFrame) -> list[tuple[str, bytes | str, str,
         ("azure input_data", dumps({"input_data": split}), JSON, False),
         ("double-encoded", dumps(dumps({"dataframe_split": plain})), JSON, True),
     ]
-
-
-def sample(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
-    """Rows like the training data, jittered so they are not the training rows themselves."""
-    rng = np.random.default_rng(seed)
-    picked = frame.sample(rows, random_state=seed, replace=True).reset_index(drop=True)
-    return (picked + rng.normal(0, 0.05, picked.shape)).round(3)
 
 
 def check_all_forms(server, model_path, frame: pd.DataFrame, params=None) -> int:
