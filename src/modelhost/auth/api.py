@@ -22,6 +22,7 @@ from modelhost.errors import InvalidInput, ModelhostError, NotFound, PermissionD
 
 PREFIX = "/api/2.0/modelhost/"
 DAY_S = 86400.0
+MAX_DAYS = 36500  # a century: any longer is "never", and far ones overflow a timestamp
 audit = logging.getLogger("modelhost.audit")
 
 
@@ -83,8 +84,13 @@ class AuthAPI:
         user = _text(fields, "user", caller.name)
         _self_or_admin(caller, user, "Creating tokens for others")
         days = fields.get("expires_in_days")
-        if days is not None and (not isinstance(days, int | float) or days <= 0):
-            raise InvalidInput("'expires_in_days' is a positive number of days.")
+        if days is not None and (
+            isinstance(days, bool) or not isinstance(days, int | float) or not 0 < days <= MAX_DAYS
+        ):
+            raise InvalidInput(
+                f"'expires_in_days' is a number of days above 0 and at most {MAX_DAYS}; leave it "
+                "out for a token that does not expire."
+            )
         secret, shown = self.store.create_token(
             user, days * DAY_S if days else None, _text(fields, "comment", "")
         )
