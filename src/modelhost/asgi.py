@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import orjson
 
-from modelhost.errors import InvalidInput, PayloadTooLarge
+from modelhost.errors import InvalidInput, MethodNotAllowed, PayloadTooLarge
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -36,6 +36,13 @@ async def respond(
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+async def refuse_method(send: Send, scope: Scope, allowed: Iterable[str]) -> None:
+    """405 for a route that exists but not with this method, with the `Allow` RFC 9110 asks for."""
+    allow = ", ".join(allowed)
+    error = MethodNotAllowed(f"{scope['method']} is not allowed on {scope['path']}; use {allow}.")
+    await respond(send, error.status, error.body(), headers=((b"allow", allow.encode()),))
 
 
 async def read_body(headers: dict[bytes, bytes], receive: Receive, limit: int) -> bytes:

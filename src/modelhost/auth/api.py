@@ -13,7 +13,7 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from modelhost.asgi import Receive, Scope, Send, json_object, read_body, respond
+from modelhost.asgi import Receive, Scope, Send, json_object, read_body, refuse_method, respond
 from modelhost.auth.access import Access
 from modelhost.auth.policy import Level, covers, parse_level
 from modelhost.auth.store import Kind, Principal
@@ -34,6 +34,10 @@ class AuthAPI:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, caller: Principal) -> None:
         route = (scope["method"], scope["path"][len(PREFIX) :])
+        allowed = [method for method, action in ROUTES if action == route[1]]
+        if allowed and route[0] not in allowed:
+            await refuse_method(send, scope, allowed)
+            return
         try:
             if route[0] == "GET":
                 query = parse_qs(scope.get("query_string", b"").decode("latin-1"))

@@ -29,6 +29,7 @@ from modelhost.errors import (
     TooManyFailures,
     Unauthenticated,
 )
+from modelhost.gateway.serving import ACTIONS as SERVING_ACTIONS
 from modelhost.gateway.serving import PREFIXES as SERVING_PREFIXES
 
 log = logging.getLogger("modelhost.auth")
@@ -65,15 +66,20 @@ class Auth:
         path = scope["path"]
         if path.startswith("/model/") and path.endswith("/invocations"):
             name = path[len("/model/") : -len("/invocations")].rpartition("/")[0]
-            if self.access.allows(principal, name, Level.READ):
+            # Another method does nothing and needs no right: the gateway answers it 405.
+            if scope["method"] != "POST" or self.access.allows(principal, name, Level.READ):
                 await self.app(scope, receive, send)
             else:
                 await _error(send, denied(SCORING, name))
         elif path.startswith(API_PREFIX):
             await self.api(scope, receive, send, principal)
         elif path.startswith(SERVING_PREFIXES):
-            await self._guarded(serving_rule(scope["method"], path.rsplit("/", 1)[-1]),
-                                principal, scope, receive, send)  # fmt: skip
+            action = path.rsplit("/", 1)[-1]
+            if SERVING_ACTIONS.get(action, scope["method"]) != scope["method"]:
+                await self.app(scope, receive, send)  # the gateway answers 405, doing nothing
+            else:
+                await self._guarded(serving_rule(scope["method"], action),
+                                    principal, scope, receive, send)  # fmt: skip
         else:
             await self._guarded(registry_rule(scope["method"], path),
                                 principal, scope, receive, send)  # fmt: skip

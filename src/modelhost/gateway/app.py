@@ -9,7 +9,7 @@ from http import HTTPStatus
 import httpx
 import orjson
 
-from modelhost.asgi import Receive, Scope, Send, read_body, respond
+from modelhost.asgi import Receive, Scope, Send, read_body, refuse_method, respond
 from modelhost.config import UpSettings
 from modelhost.control.controller import Controller
 from modelhost.errors import ModelhostError, NotFound, NotReady, Timeout
@@ -31,6 +31,7 @@ REGISTRY_PREFIXES = (
     "/api/3.0/mlflow",
     "/ajax-api/",
 )
+PAGES = ("/health", "/openapi.json", "/docs")  # what the gateway answers itself, to GET or HEAD
 
 
 class Gateway:
@@ -77,13 +78,18 @@ class Gateway:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
         if path.startswith("/model/") and path.endswith("/invocations"):
-            await self._score(scope, receive, send)
+            if scope["method"] == "POST":
+                await self._score(scope, receive, send)
+            else:
+                await refuse_method(send, scope, ("POST",))
         elif path.startswith(SERVING_PREFIXES):
             action = path.split("/")[-1]
             await self.serving_api(scope, receive, send, action)
         elif path.startswith(REGISTRY_PREFIXES):
             assert self._registry is not None, "lifespan startup has run"
             await self._registry.forward(scope, receive, send)
+        elif path in PAGES and scope["method"] not in ("GET", "HEAD"):
+            await refuse_method(send, scope, ("GET", "HEAD"))
         elif path == "/health":
             await self._health(send)
         elif path == "/openapi.json":

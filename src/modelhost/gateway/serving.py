@@ -12,7 +12,7 @@ import orjson
 from mlflow.exceptions import MlflowException
 
 from modelhost import logs
-from modelhost.asgi import Receive, Scope, Send, respond
+from modelhost.asgi import Receive, Scope, Send, read_body, refuse_method, respond
 from modelhost.auth import ACTOR
 from modelhost.config import EnvManager
 from modelhost.control.controller import Controller
@@ -21,6 +21,10 @@ from modelhost.errors import InvalidInput, ModelhostError, NotFound
 PREFIXES = ("/api/2.0/preview/mlflow/endpoints/", "/api/2.0/mlflow/endpoints/")
 LOG_LINES = 2000  # the tail of a model server's log that `logs` returns
 LOG_BYTES = 8 * 1024 * 1024  # read from the end of the log, to find those lines in
+BODY_LIMIT = 64 * 1024  # a name and a setting or two
+# Each action and the one method it takes.
+ACTIONS = {"enable": "POST", "disable": "POST", "update-settings": "POST", "get-status": "GET",
+           "list": "GET", "list-versions": "GET", "events": "GET", "logs": "GET"}  # fmt: skip
 
 
 class ServingAPI:
@@ -36,6 +40,10 @@ class ServingAPI:
         self.store = controller.store
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, action: str) -> None:
+        method = ACTIONS.get(action)
+        if method is not None and scope["method"] != method:
+            await refuse_method(send, scope, (method,))
+            return
         try:
             body = await self._dispatch(scope, receive, action)
         except ModelhostError as e:
@@ -46,7 +54,7 @@ class ServingAPI:
     async def _dispatch(self, scope: Scope, receive: Receive, action: str) -> dict:
         method = scope["method"]
         if method == "POST" and action in ("enable", "disable", "update-settings"):
-            name, fields = await self._name_from_body(receive)
+            name, fields = await self._name_from_body(scope, receive)
             actor = scope.get(ACTOR)  # who asked, once signed in: an audit event
             if action == "enable":
                 self._must_exist(name)
@@ -106,16 +114,11 @@ class ServingAPI:
         if self.store.set_env_manager(name, manager):
             self.store.record(name, f"env_manager set to {manager}.", actor=actor)
 
-    async def _name_from_body(self, receive: Receive) -> tuple[str, dict]:
+    async def _name_from_body(self, scope: Scope, receive: Receive) -> tuple[str, dict]:
         """The registered model a POST names, and every field of its body."""
-        chunks = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
+        body = await read_body(dict(scope["headers"]), receive, BODY_LIMIT)
         try:
-            fields = orjson.loads(b"".join(chunks))
+            fields = orjson.loads(body)
             name = fields["registered_model_name"]
         except (orjson.JSONDecodeError, KeyError, TypeError):
             fields, name = {}, None
