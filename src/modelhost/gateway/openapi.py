@@ -14,10 +14,44 @@ from typing import Any
 import orjson
 
 from modelhost import __version__
+from modelhost.auth.api import MAX_DAYS
+from modelhost.auth.policy import Level
+from modelhost.auth.store import Kind
+from modelhost.config import EnvManager
 
 SERVING = "/api/2.0/preview/mlflow/endpoints"
+AUTH = "/api/2.0/modelhost"
 METHODS = ("get", "post", "put", "delete")
 FEATURES = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
+
+# What each error status means, wherever an operation answers it; an operation may say more.
+ANSWERS = {
+    400: "The request is malformed or misses a field; the message says what to send.",
+    401: "Only with auth on (`--auth`, or a `--host` that is not loopback): no token, or one "
+    "that is unknown, revoked or expired.",
+    403: "Only with auth on: the caller lacks the right this needs.",
+    404: "Not found; the message says what.",
+    408: "The client did not finish sending its headers or body in time; the connection closes.",
+    409: "It exists already.",
+    413: "The body is larger than the limit the message names.",
+    415: "An unsupported content type.",
+    429: "Only with auth on: too many failed sign-ins from this address; see `Retry-After`.",
+    431: "The request's headers are too large or too many.",
+    503: "Not ready yet; see `Retry-After`.",
+    504: "No answer within `--timeout`.",
+}
+# Answered before routing, on every route but /health: reading the request, then signing in.
+SIGNED_IN = (401, 408, 429, 431)
+NO_GRANT = (
+    "Only with auth on: the caller's token lacks {level} on the model (the same answer whether "
+    "or not it exists)."
+)
+NOT_SERVED = "Serving is not enabled for that registered model."
+TOKEN_SAID = (
+    "With auth on (`--auth`, or a `--host` that is not loopback), a token from `modelhost "
+    "tokens create`; an open gateway (loopback, no `--auth`) ignores it."
+)
+AUTH_OFF = "Auth is off: these routes exist only with `--auth` (or a non-loopback `--host`)."
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -27,27 +61,156 @@ def _error(description: str) -> dict[str, Any]:
     }
 
 
-def _json(example: Any, description: str = "OK") -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"example": example}}}
+def _json(example: Any, schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    content = {"application/json": {"schema": schema, "example": example}}
+    return {"description": description, "content": content}
 
 
-def _name_query(required: bool = True) -> dict[str, Any]:
+def _answers(
+    ok: dict[str, Any], statuses: tuple[int, ...], said: dict[int, str] | None = None
+) -> dict[str, Any]:
+    """200 `ok`, then each error status with what it means here."""
+    said = said or {}
+    errors = {str(s): _error(said.get(s, ANSWERS[s])) for s in sorted({*statuses, *SIGNED_IN})}
+    return {"200": ok, **errors}
+
+
+def _object(properties: dict[str, Any], *required: str) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": list(required)}
+
+
+def _list_of(key: str, item: dict[str, Any]) -> dict[str, Any]:
+    return _object({key: {"type": "array", "items": item}}, key)
+
+
+def _body(schema: dict[str, Any], example: dict[str, Any]) -> dict[str, Any]:
     return {
-        "name": "registered_model_name",
-        "in": "query",
-        "required": required,
-        "schema": {"type": "string"},
-        "description": "The registered model, e.g. `prod.ml_team.iris_model`.",
+        "required": True,
+        "content": {"application/json": {"schema": schema, "example": example}},
     }
 
 
+def _query(name: str, description: str, required: bool = False) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": required,
+        "schema": {"type": "string"},
+        "description": description,
+    }
+
+
+NAME = {"type": "string", "minLength": 1}
+TEXT = {"type": "string"}
+NAME_QUERY = _query(
+    "registered_model_name", "The registered model, e.g. `prod.ml_team.iris_model`.", True
+)
+ENV_MANAGER = {"enum": [m.value for m in EnvManager]}
 _ENDPOINT_STATUS = {
     "registered_model_name": "iris-demo",
     "state": "ENDPOINT_STATE_READY",
     "state_message": "The model server is up.",
     "settings": {"env_manager": "auto"},
 }
+ENDPOINT_STATUS = _object(
+    {
+        "registered_model_name": TEXT,
+        "state": TEXT,
+        "state_message": TEXT,
+        "settings": _object({"env_manager": TEXT}),
+    },
+    "registered_model_name",
+    "state",
+    "state_message",
+    "settings",
+)
+EVENT = _object(
+    {
+        "timestamp": {"type": "integer"},
+        "registered_model_name": TEXT,
+        "endpoint_version_name": {"type": ["string", "null"]},
+        "message": TEXT,
+        "user": {"type": ["string", "null"]},
+    },
+    "timestamp",
+    "registered_model_name",
+    "message",
+)
+USER = _object({"name": TEXT, "kind": TEXT, "admin": {"type": "boolean"}}, "name", "kind", "admin")
+TOKEN_INFO = _object(
+    {
+        "id": TEXT,
+        "user": TEXT,
+        "comment": TEXT,
+        "created_at": {"type": "integer"},
+        "expires_at": {"type": ["integer", "null"]},
+    },
+    "id",
+    "user",
+    "created_at",
+)
+GRANT = _object(
+    {"target": TEXT, "user": TEXT, "level": TEXT, "granted_by": {"type": ["string", "null"]}},
+    "target",
+    "user",
+    "level",
+)
+EMPTY = _json({}, {"type": "object"})
 _SCORING_EXAMPLE = {"dataframe_split": {"columns": FEATURES, "data": [[5.1, 3.5, 1.4, 0.2]]}}
+
+
+def _serving_change(summary: str, fields: dict[str, Any], example: dict[str, Any]) -> dict:
+    """A POST of the serving API: a registered model's name, and maybe its settings."""
+    schema = _object({"registered_model_name": NAME, **fields}, "registered_model_name")
+    return {
+        "tags": ["Serving"],
+        "summary": summary,
+        "requestBody": _body(schema, example),
+        "responses": _answers(
+            EMPTY,
+            (400, 403, 404, 413),
+            {
+                400: "No `registered_model_name` in the body, or a bad `env_manager`.",
+                403: NO_GRANT.format(level="MANAGE"),
+                404: "The registry has no such registered model, or (to turn serving off or "
+                "change its settings) serving is not enabled for it.",
+            },
+        ),
+    }
+
+
+def _serving_read(summary: str, ok: dict[str, Any], level: str = "READ") -> dict[str, Any]:
+    """A GET of the serving API about one registered model."""
+    return {
+        "tags": ["Serving"],
+        "summary": summary,
+        "parameters": [NAME_QUERY],
+        "responses": _answers(
+            ok,
+            (400, 403, 404),
+            {
+                400: "No `registered_model_name` in the query, or more than one.",
+                403: NO_GRANT.format(level=level),
+                404: NOT_SERVED,
+            },
+        ),
+    }
+
+
+def _auth_route(
+    method: str, summary: str, ok: dict[str, Any], statuses: tuple[int, ...], **more: Any
+) -> dict[str, Any]:
+    """One route of the identities, tokens and grants API."""
+    said = {
+        403: "The caller may not do that (admins manage users; MANAGE on a model grants on it).",
+        404: AUTH_OFF + " Or: no such user, token or grant.",
+    }
+    if method == "post":
+        statuses = (*statuses, 400, 413)
+    operation = {"tags": ["Auth"], "summary": summary, **more}
+    operation["responses"] = _answers(ok, (*statuses, 404), said)
+    return {method: operation}
+
 
 _PATHS: dict[str, Any] = {
     "/model/{name}/{ref}/invocations": {
@@ -63,227 +226,336 @@ _PATHS: dict[str, Any] = {
                 "`X-Modelhost-Version` header of the answer names the version that gave it."
             ),
             "parameters": [
-                {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
-                {"name": "ref", "in": "path", "required": True, "schema": {"type": "string"}},
+                {
+                    "name": "name",
+                    "in": "path",
+                    "required": True,
+                    "schema": NAME,
+                    "example": "iris-demo",
+                },
+                {"name": "ref", "in": "path", "required": True, "schema": NAME, "example": "1"},
             ],
             "requestBody": {
                 "required": True,
                 "content": {
                     "application/json": {"example": _SCORING_EXAMPLE},
-                    "text/csv": {"example": ",".join(FEATURES) + "\n5.1,3.5,1.4,0.2\n"},
+                    "text/csv": {
+                        "schema": TEXT,
+                        "example": ",".join(FEATURES) + "\n5.1,3.5,1.4,0.2\n",
+                    },
                     "application/vnd.apache.parquet": {
                         "schema": {"type": "string", "format": "binary"}
                     },
                 },
             },
             "responses": {
-                "200": _json({"predictions": [0]}),
-                "400": _error(
-                    "The input does not fit the model's signature; says what it expects."
+                **_answers(
+                    _json({"predictions": [0]}, {"type": ["object", "array"]}),
+                    (400, 403, 404, 413, 415, 503, 504),
+                    {
+                        400: "The input does not fit the model's signature or the scoring "
+                        "protocol; the message says what it expects. Or the path is one the "
+                        "gateway refuses, such as an encoded `/` (`%2F`).",
+                        403: NO_GRANT.format(level="READ"),
+                        404: "No served model of that name, or no version, stage or alias `ref`.",
+                        413: "The body is larger than `--max-body-mb`.",
+                        503: "The version is still loading, or its server restarts: see "
+                        "`Retry-After`.",
+                    },
                 ),
-                "404": _error("No served model of that name, or no version, stage or alias `ref`."),
-                "413": _error("The body is larger than --max-body-mb."),
-                "415": _error("An unsupported content type."),
                 "500": _error("The model raised; the next request is served as usual."),
-                "503": _error("The version is still loading or its server restarts: Retry-After."),
-                "504": _error("No answer within --timeout."),
             },
         }
     },
     f"{SERVING}/enable": {
         "post": {
-            "tags": ["Serving"],
-            "summary": "Serve every non-archived version of a registered model",
+            **_serving_change(
+                "Serve every non-archived version of a registered model",
+                {"env_manager": ENV_MANAGER},
+                {"registered_model_name": "iris-demo", "env_manager": "auto"},
+            ),
             "description": (
                 "`env_manager` (optional): `auto` serves each version in modelhost's own Python "
                 "environment when it satisfies the version's requirements, else in one built "
                 "with uv; `local` always modelhost's own; `uv` always a built one."
             ),
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "example": {"registered_model_name": "iris", "env_manager": "auto"}
-                    }
-                },
-            },
-            "responses": {
-                "200": _json({}),
-                "400": _error("No `registered_model_name` in the body."),
-                "404": _error("The registry has no such registered model."),
-            },
         }
     },
     f"{SERVING}/disable": {
-        "post": {
-            "tags": ["Serving"],
-            "summary": "Stop serving a registered model; its model server stops",
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"example": {"registered_model_name": "iris"}}},
-            },
-            "responses": {"200": _json({}), "404": _error("Serving is not enabled for it.")},
-        }
+        "post": _serving_change(
+            "Stop serving a registered model; its model server stops",
+            {},
+            {"registered_model_name": "iris-demo"},
+        )
     },
     f"{SERVING}/update-settings": {
         "post": {
-            "tags": ["Serving"],
-            "summary": "Change a served model's settings: `env_manager`",
+            **_serving_change(
+                "Change a served model's settings: `env_manager`",
+                {"env_manager": ENV_MANAGER},
+                {"registered_model_name": "iris-demo", "env_manager": "auto"},
+            ),
             "description": (
                 "The versions are prepared again in the new environment; each keeps serving "
                 "from the old one until it is ready in the new."
             ),
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "example": {"registered_model_name": "iris", "env_manager": "uv"}
-                    }
-                },
-            },
-            "responses": {
-                "200": _json({}),
-                "400": _error("`env_manager` is not one of auto, local, uv."),
-                "404": _error("Serving is not enabled for it."),
-            },
         }
     },
     f"{SERVING}/get-status": {
-        "get": {
-            "tags": ["Serving"],
-            "summary": "The state of a model's serving",
-            "parameters": [_name_query()],
-            "responses": {
-                "200": _json({"endpoint_status": _ENDPOINT_STATUS}),
-                "404": _error("Serving is not enabled for it."),
-            },
-        }
+        "get": _serving_read(
+            "The state of a model's serving",
+            _json(
+                {"endpoint_status": _ENDPOINT_STATUS},
+                _object({"endpoint_status": ENDPOINT_STATUS}, "endpoint_status"),
+            ),
+        )
     },
     f"{SERVING}/list": {
         "get": {
             "tags": ["Serving"],
-            "summary": "Every served model and its state",
-            "responses": {"200": _json({"endpoints": [_ENDPOINT_STATUS]})},
+            "summary": "Every served model and its state (with auth on: those the caller may read)",
+            "responses": _answers(
+                _json({"endpoints": [_ENDPOINT_STATUS]}, _list_of("endpoints", ENDPOINT_STATUS)),
+                (),
+            ),
         }
     },
     f"{SERVING}/list-versions": {
-        "get": {
-            "tags": ["Serving"],
-            "summary": "The served versions of a model and their states",
-            "parameters": [_name_query()],
-            "responses": {
-                "200": _json(
-                    {
-                        "endpoint_versions": [
-                            {
-                                "registered_model_name": "iris-demo",
-                                "endpoint_version_name": "1",
-                                "state": "VERSION_STATE_READY",
-                                "state_message": "Ready.",
-                            }
-                        ]
-                    }
+        "get": _serving_read(
+            "The served versions of a model and their states",
+            _json(
+                {
+                    "endpoint_versions": [
+                        {
+                            "registered_model_name": "iris-demo",
+                            "endpoint_version_name": "1",
+                            "state": "VERSION_STATE_READY",
+                            "state_message": "Ready.",
+                        }
+                    ]
+                },
+                _list_of(
+                    "endpoint_versions",
+                    _object(
+                        {
+                            "registered_model_name": TEXT,
+                            "endpoint_version_name": TEXT,
+                            "state": TEXT,
+                            "state_message": TEXT,
+                        },
+                        "registered_model_name",
+                        "endpoint_version_name",
+                        "state",
+                    ),
                 ),
-                "404": _error("Serving is not enabled for it."),
-            },
-        }
+            ),
+        )
     },
     f"{SERVING}/events": {
-        "get": {
-            "tags": ["Serving"],
-            "summary": "What happened to a model's serving and its versions, newest first",
-            "parameters": [_name_query()],
-            "responses": {
-                "200": _json(
-                    {
-                        "events": [
-                            {
-                                "timestamp": 1763939000000,
-                                "registered_model_name": "iris-demo",
-                                "endpoint_version_name": "1",
-                                "message": "Version 1 is ready.",
-                            }
-                        ]
-                    }
-                ),
-                "404": _error("Serving is not enabled for it."),
-            },
-        }
+        "get": _serving_read(
+            "What happened to a model's serving and its versions, newest first",
+            _json(
+                {
+                    "events": [
+                        {
+                            "timestamp": 1763939000000,
+                            "registered_model_name": "iris-demo",
+                            "endpoint_version_name": "1",
+                            "message": "Version 1 is ready.",
+                            "user": None,
+                        }
+                    ]
+                },
+                _list_of("events", EVENT),
+            ),
+        )
     },
     f"{SERVING}/logs": {
         "get": {
-            "tags": ["Serving"],
-            "summary": "The model server's log, or one version's part of it",
+            **_serving_read(
+                "The model server's log, or one version's part of it",
+                _json(
+                    {"logs": "... INFO modelhost.worker [version 1]: Version 1 is ready"},
+                    _object({"logs": TEXT}, "logs"),
+                ),
+                level="MANAGE",
+            ),
             "parameters": [
-                _name_query(),
-                {
-                    "name": "endpoint_version_name",
-                    "in": "query",
-                    "required": False,
-                    "schema": {"type": "string"},
-                    "description": "A version: only its loading output and tracebacks.",
-                },
+                NAME_QUERY,
+                _query(
+                    "endpoint_version_name", "A version: only its loading output and tracebacks."
+                ),
             ],
-            "responses": {
-                "200": _json({"logs": "... INFO modelhost.worker [version 1]: Version 1 is ready"}),
-                "404": _error("Serving is not enabled for it."),
-            },
         }
     },
-    "/api/2.0/modelhost/{action}": {
-        "parameters": [
-            {
-                "name": "action",
-                "in": "path",
-                "required": True,
-                "schema": {
-                    "enum": [
-                        "whoami",
-                        "users/create",
-                        "users/list",
-                        "users/revoke",
-                        "tokens/create",
-                        "tokens/list",
-                        "tokens/revoke",
-                        "permissions/grant",
-                        "permissions/revoke",
-                        "permissions/list",
-                        "permissions/audit",
-                    ]
+    f"{AUTH}/whoami": _auth_route(
+        "get",
+        "Who the caller is",
+        _json(
+            {"user": {"name": "admin", "kind": "user", "admin": True}},
+            _object({"user": USER}, "user"),
+        ),
+        (),
+    ),
+    f"{AUTH}/users/create": _auth_route(
+        "post",
+        "Create a user or service principal (admins)",
+        _json(
+            {"user": {"name": "alice", "kind": "user", "admin": False}},
+            _object({"user": USER}, "user"),
+        ),
+        (403, 409),
+        requestBody=_body(
+            _object(
+                {
+                    "name": NAME,
+                    "kind": {"enum": [k.value for k in Kind]},
+                    "admin": {"type": "boolean"},
                 },
-            }
-        ],
-        "post": {
-            "tags": ["Auth"],
-            "summary": "Create or revoke users, tokens and grants (when auth is on)",
-            "description": (
-                '`users/create` `{"name", "kind": "user" | "service_principal", '
-                '"admin"}`; `tokens/create` `{"user", "expires_in_days"}` answers the '
-                'token once; `permissions/grant` and `permissions/revoke` `{"target": '
-                '"prod.ml_team.*", "user", "level": "READ" | "EDIT" | '
-                '"MANAGE"}`. Managing users and tokens is for admins; granting on a model '
-                "needs MANAGE on it."
+                "name",
             ),
-            "responses": {
-                "200": _json({}),
-                "401": _error("No token, or one that is unknown, revoked or expired."),
-                "403": _error("The caller may not do that."),
-            },
-        },
-        "get": {
-            "tags": ["Auth"],
-            "summary": "Who the caller is; list users, tokens, grants and audit events",
-            "responses": {"200": _json({}), "401": _error("No valid token.")},
-        },
-    },
+            {"name": "alice", "kind": "user", "admin": False},
+        ),
+    ),
+    f"{AUTH}/users/list": _auth_route(
+        "get",
+        "Every user and service principal (admins)",
+        _json(
+            {"users": [{"name": "admin", "kind": "user", "admin": True, "active": True}]},
+            _list_of("users", USER),
+        ),
+        (403,),
+    ),
+    f"{AUTH}/users/revoke": _auth_route(
+        "post",
+        "Revoke a user: its tokens stop working at once (admins)",
+        EMPTY,
+        (403,),
+        requestBody=_body(_object({"name": NAME}, "name"), {"name": "alice"}),
+    ),
+    f"{AUTH}/tokens/create": _auth_route(
+        "post",
+        "A new token for the caller, or for `user` (admins); answered this once",
+        _json(
+            {"token": "mh_...", "token_info": {"id": "3f2a", "user": "alice", "created_at": 0}},
+            _object({"token": TEXT, "token_info": TOKEN_INFO}, "token", "token_info"),
+        ),
+        (403,),
+        requestBody=_body(
+            _object(
+                {
+                    "user": NAME,
+                    "expires_in_days": {
+                        "type": "number",
+                        "exclusiveMinimum": 0,
+                        "maximum": MAX_DAYS,
+                    },
+                    "comment": TEXT,
+                }
+            ),
+            {"user": "alice", "expires_in_days": 90, "comment": "CI"},
+        ),
+    ),
+    f"{AUTH}/tokens/list": _auth_route(
+        "get",
+        "Live tokens (ids, never the tokens): the caller's, or `user`'s (admins: all)",
+        _json(
+            {"tokens": [{"id": "3f2a", "user": "alice", "created_at": 0}]},
+            _list_of("tokens", TOKEN_INFO),
+        ),
+        (403,),
+        parameters=[_query("user", "Whose tokens.")],
+    ),
+    f"{AUTH}/tokens/revoke": _auth_route(
+        "post",
+        "Revoke a token by its id: your own, or anyone's (admins)",
+        EMPTY,
+        (403,),
+        requestBody=_body(_object({"id": NAME}, "id"), {"id": "3f2a"}),
+    ),
+    f"{AUTH}/permissions/grant": _auth_route(
+        "post",
+        "Grant a level on a registered model or a name prefix (needs MANAGE there)",
+        EMPTY,
+        (403,),
+        requestBody=_body(
+            _object(
+                {"target": NAME, "user": NAME, "level": {"enum": [lv.name for lv in Level]}},
+                "target",
+                "user",
+                "level",
+            ),
+            {"target": "prod.ml_team.*", "user": "alice", "level": "READ"},
+        ),
+    ),
+    f"{AUTH}/permissions/revoke": _auth_route(
+        "post",
+        "Revoke a user's grant on a registered model or prefix (needs MANAGE there)",
+        EMPTY,
+        (403,),
+        requestBody=_body(
+            _object({"target": NAME, "user": NAME}, "target", "user"),
+            {"target": "prod.ml_team.*", "user": "alice"},
+        ),
+    ),
+    f"{AUTH}/permissions/list": _auth_route(
+        "get",
+        "The grants on `target` (needs MANAGE there), or those of `user` (yours by default)",
+        _json(
+            {"permissions": [{"target": "prod.*", "user": "alice", "level": "READ"}]},
+            _list_of("permissions", GRANT),
+        ),
+        (403,),
+        parameters=[
+            _query("target", "A registered model or prefix."),
+            _query("user", "Whose grants."),
+        ],
+    ),
+    f"{AUTH}/permissions/audit": _auth_route(
+        "get",
+        "Who granted, revoked, created, renamed or deleted what on `target` (needs MANAGE)",
+        _json(
+            {"events": [{"timestamp": 0, "registered_model_name": "prod.*", "message": "."}]},
+            _list_of("events", EVENT),
+        ),
+        (400, 403),
+        parameters=[_query("target", "A registered model or prefix.", required=True)],
+    ),
     "/health": {
         "get": {
             "tags": ["Operations"],
             "summary": "200 once the registry answers, 503 while it does not",
+            "description": "Open to all, with auth on too: for load balancers.",
+            "security": [],
             "responses": {
-                "200": _json({"status": "READY", "registry": True}),
-                "503": _json({"status": "REGISTRY_UNREACHABLE", "registry": False}, "Not ready"),
+                "200": _json(
+                    {"status": "READY", "registry": True},
+                    _object({"status": TEXT, "registry": {"type": "boolean"}}, "status"),
+                ),
+                "408": _error(ANSWERS[408]),
+                "431": _error(ANSWERS[431]),
+                "503": _json(
+                    {"status": "REGISTRY_UNREACHABLE", "registry": False},
+                    _object({"status": TEXT, "registry": {"type": "boolean"}}, "status"),
+                    "Not ready",
+                ),
             },
+        }
+    },
+    "/openapi.json": {
+        "get": {
+            "tags": ["Operations"],
+            "summary": "This description, as OpenAPI 3.1",
+            "responses": _answers(_json({"openapi": "3.1.0"}, {"type": "object"}), ()),
+        }
+    },
+    "/docs": {
+        "get": {
+            "tags": ["Operations"],
+            "summary": "This description, as a page",
+            "responses": _answers(
+                {"description": "OK", "content": {"text/html": {"schema": TEXT}}}, ()
+            ),
         }
     },
 }
@@ -303,7 +575,8 @@ def spec() -> dict[str, Any]:
                 "/api/2.0/mlflow/endpoints/. MLflow's own REST API (/api/2.0/mlflow/...) is "
                 "passed to the registry: point MLflow's client at this server. With auth on, "
                 "send `Authorization: Bearer <token>` (or HTTP Basic with user `token`): no or "
-                "a bad token is 401, a token without the right on the model is 403."
+                "a bad token is 401, a token without the right on the model is 403. A method "
+                "a path does not take is answered 405, with `Allow` naming those it takes."
             ),
         },
         "paths": _PATHS,
@@ -314,8 +587,18 @@ def spec() -> dict[str, Any]:
                     "properties": {"error_code": {"type": "string"}, "message": {"type": "string"}},
                     "required": ["error_code", "message"],
                 }
-            }
+            },
+            "securitySchemes": {
+                "token": {"type": "http", "scheme": "bearer", "description": TOKEN_SAID},
+                "basic": {
+                    "type": "http",
+                    "scheme": "basic",
+                    "description": "User `token`, "
+                    "the token as the password (`curl -u token:$TOKEN`).",
+                },
+            },
         },
+        "security": [{"token": []}, {"basic": []}],
     }
 
 
