@@ -132,6 +132,8 @@ class ServingAPI:
         except MlflowException as e:
             if e.error_code == "RESOURCE_DOES_NOT_EXIST":
                 raise NotFound(f"Registered model '{name}' does not exist.") from None
+            if e.error_code == "INVALID_PARAMETER_VALUE":  # a name the registry cannot hold
+                raise InvalidInput(f"{name!r} is not a registered model's name: {e}") from None
             raise
 
     def _must_be_served(self, name: str) -> None:
