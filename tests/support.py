@@ -14,9 +14,12 @@ import uuid
 from pathlib import Path
 
 import httpx
+import mlflow
 import numpy as np
 import pandas as pd
+from mlflow import MlflowClient
 from mlflow.utils.proto_json_utils import NumpyEncoder, _get_jsonable_obj
+from sklearn.linear_model import LogisticRegression
 
 START_TIMEOUT_S = 180
 
@@ -256,3 +259,65 @@ def sample(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     picked = frame.sample(rows, random_state=seed, replace=True).reset_index(drop=True)
     return (picked + rng.normal(0, 0.05, picked.shape)).round(3)
+
+
+# --- requests as an attacker sends them
+
+
+def raw_request(
+    url: str, method: str, path: str, token: str | None = None, body: object = None
+) -> tuple[int, dict]:
+    """Send `path` exactly as written (HTTP clients resolve `..` first), return status and JSON.
+
+    The JSON is `{}` for an empty answer and `{"text": ...}` for one that is not JSON.
+    """
+    import http.client
+    from urllib.parse import urlsplit
+
+    address = urlsplit(url)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=60)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    payload = None
+    if body is not None:
+        payload = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    try:
+        connection.request(method, path, body=payload, headers=headers)
+        response = connection.getresponse()
+        text = response.read()
+    finally:
+        connection.close()
+    try:
+        return response.status, json.loads(text) if text else {}
+    except ValueError:
+        return response.status, {"text": text.decode(errors="replace")}
+
+
+# --- MLflow's client against a platform
+
+
+@contextlib.contextmanager
+def signed_in_as(url: str, token: str):
+    """MLflow's client with `token`: it sends MLFLOW_TRACKING_TOKEN as a Bearer token."""
+    before = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    os.environ["MLFLOW_TRACKING_TOKEN"] = token
+    mlflow.set_tracking_uri(url)
+    try:
+        yield MlflowClient()
+    finally:
+        mlflow.set_tracking_uri(None)
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_TOKEN", None)
+        else:
+            os.environ["MLFLOW_TRACKING_TOKEN"] = before
+
+
+def log_iris(iris, name: str) -> str:
+    """Log and register a logistic regression on iris as `name`; its new version."""
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(
+            LogisticRegression(max_iter=1000).fit(iris, [0, 1, 2] * 50), name="model",
+            input_example=iris.head(2), registered_model_name=name,
+            pip_requirements=["mlflow", "scikit-learn"],
+        )  # fmt: skip
+    return str(info.registered_model_version)

@@ -189,6 +189,23 @@ def serve(**options: object) -> None:
     help="The first admin's token (32+ characters); set the variable rather than the flag, "
     "which others can see in the process list.  [default: one made and printed at first start]",
 )
+@click.option(
+    "--default-experiment-permission",
+    default=UpSettings.default_experiment_permission,
+    show_default=True,
+    envvar="MODELHOST_DEFAULT_EXPERIMENT_PERMISSION",
+    type=click.Choice(["READ", "EDIT", "MANAGE", "NO_PERMISSIONS"], case_sensitive=False),
+    help="With auth: what a signed-in caller may do on an experiment (its runs, logged models "
+    "and their files) that no grant of theirs names; its creator manages it.",
+)
+@click.option(
+    "--max-artifact-mb",
+    default=UpSettings.max_artifact_mb,
+    show_default=True,
+    envvar="MODELHOST_MAX_ARTIFACT_MB",
+    type=click.FloatRange(min=0, min_open=True),
+    help="The largest artifact file an upload may write (413 past it).",
+)
 def up(**options: object) -> None:
     """Run modelhost: the MLflow registry and the gateway in front of it, on one port."""
     from modelhost.auth.setup import AuthSetupError

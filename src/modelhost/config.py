@@ -74,6 +74,12 @@ class UpSettings:
     auth: bool = False  # sign callers in; on by itself off loopback unless `insecure`
     insecure: bool = False  # serve a non-loopback address with no auth
     admin_token: str | None = dataclasses.field(default=None, repr=False)  # the first admin's
+    default_experiment_permission: str = "READ"  # on experiments no grant names, as MLflow's
+    max_artifact_mb: float = 1024.0  # the largest artifact file one upload may write
+
+    @property
+    def max_artifact_bytes(self) -> int:
+        return int(self.max_artifact_mb * MIB)
 
     @property
     def max_body_bytes(self) -> int:

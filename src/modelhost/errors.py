@@ -66,6 +66,11 @@ class PayloadTooLarge(ModelhostError):
     error_code = "REQUEST_LIMIT_EXCEEDED"
 
 
+class LengthRequired(ModelhostError):
+    status = HTTPStatus.LENGTH_REQUIRED
+    error_code = "BAD_REQUEST"
+
+
 class UnsupportedMediaType(ModelhostError):
     status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
     error_code = "BAD_REQUEST"

@@ -12,6 +12,7 @@ from modelhost.config import UpSettings
 from modelhost.control.controller import Controller
 from modelhost.control.store import StateStore
 from modelhost.gateway.app import Gateway
+from modelhost.gateway.paths import Normalized
 from modelhost.registry.embedded import EmbeddedRegistry
 
 log = logging.getLogger("modelhost")
@@ -47,7 +48,8 @@ def run(settings: UpSettings) -> None:
         controller = Controller(settings, registry_url, store)
         gateway = Gateway(settings, registry_url, controller)
         uvicorn.run(
-            protect(gateway, settings, store) if signing_in else gateway,
+            # One path per request, before auth judges it (gateway/paths.py).
+            Normalized(protect(gateway, settings, store) if signing_in else gateway),
             host=settings.host,
             port=settings.port,
             http="httptools",

@@ -19,8 +19,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-from sklearn.linear_model import LogisticRegression
-from support import ONE_ROW, Platform, eventually
+from support import ONE_ROW, Platform, eventually, log_iris, signed_in_as
 
 API = "/api/2.0/preview/mlflow/endpoints"
 MODEL = "prod.ml_team.iris"
@@ -55,28 +54,8 @@ class World:
 
 @contextlib.contextmanager
 def signed_in(world: World, who: str):
-    """MLflow's client, as `who`: it sends MLFLOW_TRACKING_TOKEN as a Bearer token."""
-    before = os.environ.get("MLFLOW_TRACKING_TOKEN")
-    os.environ["MLFLOW_TRACKING_TOKEN"] = world.tokens[who]
-    mlflow.set_tracking_uri(world.url)
-    try:
-        yield MlflowClient()
-    finally:
-        mlflow.set_tracking_uri(None)
-        if before is None:
-            os.environ.pop("MLFLOW_TRACKING_TOKEN", None)
-        else:
-            os.environ["MLFLOW_TRACKING_TOKEN"] = before
-
-
-def log_iris(iris, name: str) -> str:
-    with mlflow.start_run():
-        info = mlflow.sklearn.log_model(
-            LogisticRegression(max_iter=1000).fit(iris, [0, 1, 2] * 50), name="model",
-            input_example=iris.head(2), registered_model_name=name,
-            pip_requirements=["mlflow", "scikit-learn"],
-        )  # fmt: skip
-    return str(info.registered_model_version)
+    with signed_in_as(world.url, world.tokens[who]) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")

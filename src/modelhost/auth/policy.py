@@ -6,14 +6,16 @@ off, reads logs, deletes and grants. A grant names one registered model or a nam
 in `*` (`prod.ml_team.*`), so three-level names work as catalogs and schemas do.
 
 Experiments, runs and their artifacts are open to every signed-in caller (they hold no
-registered model); admins may do everything.
+registered model); the rest of MLflow's API is for admins, who may do everything.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import IntEnum
+
+from modelhost.errors import InvalidInput
 
 
 class Level(IntEnum):
@@ -29,14 +31,43 @@ def parse_level(text: str) -> Level:
         raise ValueError(f"Unknown level {text!r}: use READ, EDIT or MANAGE.") from None
 
 
+EXPERIMENT = "experiment:"  # a grant on an experiment targets `experiment:<id>`
+
+
 def check_target(target: str) -> str:
-    """A registered model name, or a prefix that ends in `*` (and has no other `*`)."""
+    """A registered model name, a prefix that ends in `*` (and has no other `*`), or
+    `experiment:<id>`."""
+    if target.startswith(EXPERIMENT):
+        if not target[len(EXPERIMENT) :].isdigit():
+            raise ValueError(f"Grant on an experiment by its id ('experiment:12'), not {target!r}.")
+        return target
     if not target or "*" in target[:-1]:
         raise ValueError(
-            f"Grant on a registered model name or a prefix ending in '*' "
-            f"(like 'prod.ml_team.*'), not {target!r}."
+            f"Grant on a registered model name, a prefix ending in '*' (like 'prod.ml_team.*') "
+            f"or an experiment ('experiment:12'), not {target!r}."
         )
     return target
+
+
+def parse_default_permission(text: str) -> Level | None:
+    """`--default-experiment-permission`: a level, or NO_PERMISSIONS (None)."""
+    if text.upper() == "NO_PERMISSIONS":
+        return None
+    try:
+        return parse_level(text)
+    except ValueError:
+        raise ValueError(
+            f"Unknown permission {text!r}: use READ, EDIT, MANAGE or NO_PERMISSIONS."
+        ) from None
+
+
+def check_model_name(name: str) -> None:
+    """A registered model's name may not hold what grants read as a prefix."""
+    if "*" in name:
+        raise InvalidInput(
+            f"A registered model name cannot contain '*' ({name!r}): grants read '*' as 'any "
+            "name that starts with' (like 'prod.ml_team.*'). Choose a name without it."
+        )
 
 
 def covers(grant_target: str, target: str) -> bool:
@@ -66,6 +97,10 @@ class Rule:
     filter_key: str | None = None  # a list in the answer: keep the entries the caller may read
     create: bool = False  # creating a registered model (see Access.may_create)
     after: str | None = None  # grant upkeep once the registry has done it: create | rename | delete
+    paged: bool = False  # a registry search, whose every page is read to filter (auth/search.py)
+    experiment: Level | None = None  # on the experiment of the files `locate` names
+    locate: str | None = None  # where those files are named: see auth/files.py
+    redact: bool = False  # logged models in the answer: hide the versions the caller may not read
 
 
 ANY_CALLER = Rule("Calling")
@@ -83,7 +118,9 @@ REGISTRY: dict[tuple[str, str], Rule] = {
     ("PATCH", "registered-models/update"): Rule("Updating", Level.EDIT, _NAME),
     ("DELETE", "registered-models/delete"): Rule("Deleting", Level.MANAGE, _NAME, after="delete"),
     ("GET", "registered-models/get"): Rule("Reading", Level.READ, _NAME),
-    ("GET", "registered-models/search"): Rule("Searching", filter_key="registered_models"),
+    ("GET", "registered-models/search"): Rule(
+        "Searching", filter_key="registered_models", paged=True
+    ),
     ("POST", "registered-models/get-latest-versions"): Rule("Reading", Level.READ, _NAME),
     ("GET", "registered-models/get-latest-versions"): Rule("Reading", Level.READ, _NAME),
     ("POST", "registered-models/set-tag"): Rule("Tagging", Level.EDIT, _NAME),
@@ -96,14 +133,91 @@ REGISTRY: dict[tuple[str, str], Rule] = {
     ("POST", "model-versions/transition-stage"): Rule("Moving a stage of", Level.EDIT, _NAME),
     ("DELETE", "model-versions/delete"): Rule("Deleting a version of", Level.MANAGE, _NAME),
     ("GET", "model-versions/get"): Rule("Reading", Level.READ, _NAME),
-    ("GET", "model-versions/search"): Rule("Searching", filter_key="model_versions"),
+    ("GET", "model-versions/search"): Rule("Searching", filter_key="model_versions", paged=True),
     ("GET", "model-versions/get-download-uri"): Rule("Reading", Level.READ, _NAME),
     ("POST", "model-versions/set-tag"): Rule("Tagging a version of", Level.EDIT, _NAME),
     ("DELETE", "model-versions/delete-tag"): Rule("Untagging a version of", Level.EDIT, _NAME),
 }
-# Routes of these families that the table above does not know are refused to all but admins.
-REGISTRY_FAMILIES = ("registered-models/", "model-versions/", "webhooks")
-REGISTRY_ROOTS = ("/api/2.0/mlflow/", "/ajax-api/2.0/mlflow/")
+# MLflow's tracking API behind /api/2.0/mlflow/ (and /ajax-api/2.0/mlflow/, for its UI):
+# experiments, runs, metrics and logged models, open to every signed-in caller. `*` is one path
+# segment (an id).
+TRACKING: dict[str, tuple[str, ...]] = {
+    **{f"experiments/{a}": ("POST",) for a in (
+        "create", "delete", "restore", "update", "set-experiment-tag", "delete-experiment-tag")},
+    "experiments/get": ("GET",),
+    "experiments/get-by-name": ("GET",),
+    "experiments/search": ("GET", "POST"),
+    **{f"runs/{a}": ("POST",) for a in (
+        "create", "delete", "restore", "update", "search", "set-tag", "delete-tag", "log-batch",
+        "log-inputs", "log-metric", "log-model", "log-parameter", "outputs")},
+    "runs/get": ("GET",),
+    "metrics/get-history": ("GET",),
+    "metrics/get-history-bulk": ("GET",),
+    "metrics/get-history-bulk-interval": ("GET",),
+    "logged-models": ("POST",),
+    "logged-models/search": ("POST",),
+    "logged-models/*": ("GET", "PATCH", "DELETE"),
+    "logged-models/*/params": ("POST",),
+    "logged-models/*/tags": ("PATCH",),
+    "logged-models/*/tags/*": ("DELETE",),
+}  # fmt: skip
+_OPEN_TRACKING = {(m, route): ANY_CALLER for route, methods in TRACKING.items() for m in methods}
+_READ_FILES = Rule("Reading", experiment=Level.READ)
+_WRITE_FILES = Rule("Writing", experiment=Level.EDIT)
+# Files of runs and logged models follow their experiment's permissions, as MLflow's auth app
+# has them (READ to read, EDIT to write, MANAGE to delete), and the files of a registered
+# model's versions need READ on the model (auth/files.py). `**` is the rest of the path.
+FILES: dict[tuple[str, str], Rule] = {
+    ("POST", "experiments/create"): Rule("Creating an experiment", after="experiment"),
+    ("POST", "logged-models/search"): Rule("Searching logged models", redact=True),
+    ("GET", "logged-models/*"): Rule("Reading a logged model", redact=True),
+    ("GET", "artifacts/list"): replace(_READ_FILES, locate="run"),
+    ("GET", "logged-models/*/artifacts/files"): replace(_READ_FILES, locate="logged_model"),
+    ("GET", "logged-models/*/artifacts/directories"): replace(_READ_FILES, locate="logged_model"),
+}
+# The artifact store behind /api/2.0/mlflow-artifacts/ (and /ajax-api/...).
+ARTIFACTS: dict[tuple[str, str], Rule] = {
+    ("GET", "artifacts"): replace(_READ_FILES, locate="path_query"),
+    ("GET", "artifacts/**"): replace(_READ_FILES, locate="path"),
+    ("PUT", "artifacts/**"): replace(_WRITE_FILES, locate="path"),
+    ("DELETE", "artifacts/**"): Rule("Deleting", experiment=Level.MANAGE, locate="path"),
+    **{("POST", f"mpu/{step}/**"): replace(_WRITE_FILES, locate="path")
+       for step in ("create", "complete", "abort")},
+}  # fmt: skip
+
+
+def registry_rule(method: str, root: str, route: str) -> Rule:
+    """The rule for `method` on `route` under one of MLflow's API roots behind the gateway.
+
+    Fails closed: whatever these tables do not name (webhooks, MLflow's GenAI and AI gateway
+    APIs, routes of a newer MLflow, HEAD and OPTIONS) is for admins only.
+    """
+    if root.endswith("/mlflow-artifacts/"):
+        return _find(ARTIFACTS, method, route) or ADMIN_ONLY
+    if root.endswith("/2.0/mlflow/"):
+        rule = REGISTRY.get((method, route)) or _find(FILES, method, route)
+        if rule is not None:
+            return rule
+        return _find(_OPEN_TRACKING, method, route) or ADMIN_ONLY
+    return ADMIN_ONLY
+
+
+def _find(table: dict[tuple[str, str], Rule], method: str, route: str) -> Rule | None:
+    segments = route.split("/")
+    for (listed, pattern), rule in table.items():
+        if listed == method and _match(pattern.split("/"), segments):
+            return rule
+    return None
+
+
+def _match(pattern: list[str], segments: list[str]) -> bool:
+    if pattern[-1] == "**":
+        head = pattern[:-1]
+        return len(segments) > len(head) and _match(head, segments[: len(head)])
+    return len(pattern) == len(segments) and all(
+        p in ("*", s) and s != "" for p, s in zip(pattern, segments, strict=True)
+    )
+
 
 _SERVED = "registered_model_name"
 SERVING: dict[tuple[str, str], Rule] = {
@@ -118,19 +232,6 @@ SERVING: dict[tuple[str, str], Rule] = {
 }
 # Serving actions not listed here are refused to all but the model's managers.
 SERVING_OTHER = Rule("Changing serving of", Level.MANAGE, _SERVED)
-
-
-def registry_rule(method: str, path: str) -> Rule:
-    """The rule for a request to the registry (MLflow's REST API) behind the gateway."""
-    for root in REGISTRY_ROOTS:
-        if path.startswith(root):
-            route = path[len(root) :]
-            rule = REGISTRY.get((method, route))
-            if rule is not None:
-                return rule
-            if route.startswith(REGISTRY_FAMILIES):
-                return ADMIN_ONLY  # fail closed on registry routes this table does not know
-    return ANY_CALLER
 
 
 def serving_rule(method: str, action: str) -> Rule:
