@@ -13,7 +13,6 @@ from modelhost.auth.access import Access
 from modelhost.auth.limits import FailureLimiter
 from modelhost.auth.policy import (
     ADMIN_ONLY,
-    ANY_CALLER,
     Level,
     check_model_name,
     check_target,
@@ -79,8 +78,11 @@ def test_routes_map_to_the_level_they_need_on_the_model_they_name():
 
 
 def test_routes_the_policy_does_not_know_are_for_admins_only():
-    # Tracking is open to the signed in, and files follow their experiment, route by route.
-    assert rule_for("POST", "/api/2.0/mlflow/runs/create") is ANY_CALLER
+    # Tracking follows experiments, files too, route by route.
+    created = rule_for("POST", "/api/2.0/mlflow/runs/create")
+    assert (created.experiment, created.locate) == (Level.EDIT, "experiment_id")
+    assert rule_for("POST", "/api/2.0/mlflow/runs/delete").experiment is Level.MANAGE
+    assert rule_for("POST", "/api/2.0/mlflow/experiments/create").after == "experiment"
     files = rule_for("GET", "/ajax-api/2.0/mlflow/logged-models/m-1/artifacts/files")
     assert (files.experiment, files.locate) == (Level.READ, "logged_model")
     assert rule_for("PUT", "/api/2.0/mlflow-artifacts/artifacts/1/x").experiment is Level.EDIT

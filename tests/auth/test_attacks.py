@@ -336,3 +336,38 @@ def test_logged_models_tell_only_the_versions_the_caller_may_read(attack):
     assert status == 200 and SECRET not in str(found)
     by_tag = {**search, "filter": "tags.`mlflow.modelVersions` LIKE '%team.%'"}
     assert attack.send("stranger", "POST", f"{MLFLOW}/logged-models/search", by_tag)[0] == 403
+
+
+def test_runs_and_experiments_follow_their_experiment(attack):
+    with attack.client("admin"):
+        experiment = mlflow.set_experiment("the admin's")
+        with mlflow.start_run() as run:
+            mlflow.log_metric("loss", 0.5)
+    experiment_id, run_id = experiment.experiment_id, run.info.run_id
+    changes = [
+        ("runs/log-metric", {"run_id": run_id, "key": "loss", "value": 9.0, "timestamp": 1}),
+        ("runs/set-tag", {"run_id": run_id, "key": "owner", "value": "stranger"}),
+        ("runs/update", {"run_id": run_id, "status": "FAILED"}),
+        ("runs/delete", {"run_id": run_id}),
+        ("runs/create", {"experiment_id": experiment_id}),
+        ("experiments/update", {"experiment_id": experiment_id, "new_name": "mine now"}),
+        ("experiments/delete", {"experiment_id": experiment_id}),
+    ]
+    for route, body in changes:
+        assert attack.send("stranger", "POST", f"{MLFLOW}/{route}", body)[0] == 403, route
+    # Reading is MLflow's default for experiments no grant names.
+    assert attack.send("stranger", "GET", f"{MLFLOW}/runs/get?run_id={run_id}")[0] == 200
+    search = {"experiment_ids": [experiment_id]}
+    assert attack.send("stranger", "POST", f"{MLFLOW}/runs/search", search)[0] == 200
+    # A run that does not exist is refused as one that is not the caller's.
+    missing = attack.send("stranger", "POST", f"{MLFLOW}/runs/delete", {"run_id": "0" * 32})
+    assert missing[0] == 403
+    with attack.client("admin") as admin:
+        assert admin.get_run(run_id).data.metrics == {"loss": 0.5}
+        assert admin.get_run(run_id).info.lifecycle_stage == "active"
+    # A grant of EDIT on the experiment lets the stranger log into it, not delete it.
+    granted = attack.cli("admin", "permissions", "grant", f"experiment:{experiment_id}",
+                         "--user", "stranger", "--level", "EDIT")  # fmt: skip
+    assert granted.returncode == 0, granted.stderr
+    assert attack.send("stranger", "POST", f"{MLFLOW}/{changes[0][0]}", changes[0][1])[0] == 200
+    assert attack.send("stranger", "POST", f"{MLFLOW}/runs/delete", {"run_id": run_id})[0] == 403

@@ -152,7 +152,8 @@ def test_scoring_and_serving_control_follow_the_levels(world):
 
 def test_the_registry_follows_the_levels_through_mlflows_client(world, iris):
     with signed_in(world, "editor"):
-        assert log_iris(iris, MODEL) == "2"  # registering a version needs EDIT
+        mlflow.set_experiment("editor's")  # runs follow experiments: the editor's own
+        assert log_iris(iris, MODEL) == "2"  # registering a version needs EDIT on the model
         MlflowClient().set_registered_model_alias(MODEL, "champion", "2")
     eventually(lambda: _ready(world, "champion"))  # a reader scores every served version
     source = None

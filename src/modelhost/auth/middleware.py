@@ -17,7 +17,7 @@ from modelhost.asgi import Receive, Scope, Send, held, json_object, read_body, r
 from modelhost.auth import ACTOR, search
 from modelhost.auth.access import Access
 from modelhost.auth.api import AuthAPI
-from modelhost.auth.files import MODEL_VERSIONS_TAG, FileLocator, redacted
+from modelhost.auth.experiments import MODEL_VERSIONS_TAG, Locator, redacted
 from modelhost.auth.limits import FailureLimiter, retry_after
 from modelhost.auth.policy import (
     EXPERIMENT,
@@ -62,7 +62,7 @@ class Auth:
         self.events = events
         self.limiter = limiter
         self.api = AuthAPI(access, events)
-        self.files = FileLocator(app)
+        self.locator = Locator(app)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
@@ -119,42 +119,38 @@ class Auth:
 
         Admins pass every check, but what they create, rename and delete keeps grants in step.
         """
+        admin = principal.admin
         body: bytes | None = None
         name = new_name = None
         try:
-            if rule.admin and not principal.admin:
+            if rule.admin and not admin:
                 raise PermissionDenied(f"{rule.what} {scope['path']} is for admins only.")
-            if rule.field is not None and (rule.after is not None or not principal.admin):
+            names_model = rule.field is not None and (rule.after is not None or not admin)
+            fields: dict = {}
+            # Files named by their path hold what is uploaded in the body: never read it here.
+            located_by_fields = rule.locate not in (None, "path", "logged_model")
+            if names_model or (located_by_fields and not admin):
                 if scope["method"] == "GET":
-                    fields = {rule.field: _query_value(scope, rule.field)}
+                    fields = parse_qs(scope.get("query_string", b"").decode("latin-1"))
                 else:
                     body = await read_body(dict(scope["headers"]), receive, BODY_LIMIT)
                     fields = json_object(body)
-                name = fields.get(rule.field)
-                if not isinstance(name, str) or not name:
-                    raise InvalidInput(f"Name the registered model: pass '{rule.field}'.")
-                if rule.after == "rename":
-                    new_name = fields.get("new_name")
-                    if not isinstance(new_name, str) or not new_name:
-                        raise InvalidInput("Pass 'new_name'.")
-                if rule.after in ("create", "rename"):
-                    check_model_name(new_name or name)
-                if not principal.admin:
+            if names_model:
+                name, new_name = _model_names(rule, fields)
+                if not admin:
                     self._check(rule, principal, name, new_name)
-            if rule.experiment is not None and not principal.admin:
-                await self._check_files(rule, principal, scope)
-            if rule.redact and not principal.admin and scope["method"] == "POST":
-                body = await read_body(dict(scope["headers"]), receive, BODY_LIMIT)
-                if MODEL_VERSIONS_TAG.lower() in body.decode(errors="replace").lower():
-                    raise PermissionDenied(f"Searching by {MODEL_VERSIONS_TAG} is for admins.")
+            if rule.experiment is not None and not admin:
+                await self._check_experiments(rule, principal, scope, fields)
+            if rule.redact and not admin and MODEL_VERSIONS_TAG.lower() in str(fields).lower():
+                raise PermissionDenied(f"Searching by {MODEL_VERSIONS_TAG} is for admins.")
         except ModelhostError as e:
             await _error(send, e)
             return
         if body is not None:
             receive = _replay(body, receive)
-        filtering = (rule.filter_key is not None or rule.redact) and not principal.admin
+        filtering = (rule.filter_key is not None or rule.redact) and not admin
+        readable = lambda name: self.access.allows(principal, name, Level.READ)  # noqa: E731
         if filtering and rule.paged:
-            readable = lambda entry: self.access.allows(principal, entry, Level.READ)  # noqa: E731
             await search.readable_pages(self.app, scope, send, rule.filter_key or "", readable)
             return
         if not filtering and rule.after is None:
@@ -163,13 +159,14 @@ class Auth:
         # Held whole to be filtered or checked: compressed answers could not be read.
         scope = {**scope, "headers": [h for h in scope["headers"] if h[0] != b"accept-encoding"]}
         status, headers, answer = await held(self.app, scope, receive)
-        readable = lambda name: self.access.allows(principal, name, Level.READ)  # noqa: E731
-        if filtering and status == 200 and rule.redact:
-            answer = redacted(answer, readable)
-        elif filtering and status == 200:
-            answer = self._readable_only(answer, rule.filter_key, principal)
+        if filtering and status == 200:
+            answer = (
+                redacted(answer, readable)
+                if rule.redact
+                else self._readable_only(answer, rule.filter_key or "", principal)
+            )
         elif rule.after == "experiment":
-            if status == 200 and not principal.admin:
+            if status == 200 and not admin:
                 self._experiment_created(answer, principal)
         elif rule.after is not None:
             made = new_name if rule.after == "rename" else name
@@ -194,24 +191,29 @@ class Auth:
         if new_name is not None and not self.access.allows(principal, new_name, Level.MANAGE):
             raise denied(rule, new_name, Level.MANAGE)
 
-    async def _check_files(self, rule: Rule, principal: Principal, scope: Scope) -> None:
-        """A run's or logged model's files follow its experiment; a registered model's files
-        (those a version was made of) need READ on the model to read, MANAGE to change."""
-        assert rule.experiment is not None and rule.locate is not None
+    async def _check_experiments(
+        self, rule: Rule, principal: Principal, scope: Scope, fields: dict
+    ) -> None:
+        """Runs, logged models and their files follow their experiment; a registered model's
+        files (those a version was made of) need READ on the model to read, MANAGE to change."""
+        assert rule.experiment is not None and rule.locate is not None, "a tracking rule"
         route = registry_route(scope["path"])
-        files = await self.files.locate(rule.locate, scope, route[1] if route else "")
-        if rule.experiment is Level.READ and files.backs:
-            allowed = any(self.access.allows(principal, n, Level.READ) for n in files.backs)
+        place = await self.locator.locate(
+            rule.locate, scope, route[1] if route else "", fields, rule.files
+        )
+        if rule.experiment is Level.READ and place.backs:
+            allowed = any(self.access.allows(principal, n, Level.READ) for n in place.backs)
         else:
-            experiment = EXPERIMENT + files.experiment_id
-            allowed = self.access.allows(principal, experiment, rule.experiment) and all(
-                self.access.allows(principal, n, Level.MANAGE) for n in files.backs
-            )
+            allowed = all(
+                self.access.allows(principal, EXPERIMENT + e, rule.experiment)
+                for e in place.experiments
+            ) and all(self.access.allows(principal, n, Level.MANAGE) for n in place.backs)
         if not allowed:
+            what = "these files" if rule.files else "this experiment"
+            model = " (or READ on the registered model, for its files)" if rule.files else ""
             raise PermissionDenied(
-                f"{rule.what} these files needs {rule.experiment.name} on the experiment that "
-                "holds them (READ on the registered model, for a model version's files), which "
-                "you do not have (or they do not exist). Ask its managers, or an admin."
+                f"{rule.what} {what} needs {rule.experiment.name} on the experiment{model}, "
+                "which you do not have (or it does not exist). Ask its managers, or an admin."
             )
 
     def _experiment_created(self, answer: bytes, principal: Principal) -> None:
@@ -226,18 +228,22 @@ class Auth:
             self._audit(target, f"MANAGE granted to {principal.name}, who created it.", principal)
 
     def _readable_only(self, answer: bytes, key: str, principal: Principal) -> bytes:
+        """The answer's `key` list without what the caller may not read (models or experiments)."""
         try:
             document = orjson.loads(answer)
         except orjson.JSONDecodeError:
             return answer
         if isinstance(document, dict) and isinstance(document.get(key), list):
-            document[key] = [
-                entry
-                for entry in document[key]
-                if self.access.allows(principal, entry_name(entry), Level.READ)
-            ]
+            document[key] = [e for e in document[key] if self._readable(principal, e)]
             return orjson.dumps(document)
         return answer
+
+    def _readable(self, principal: Principal, entry: object) -> bool:
+        if isinstance(entry, dict) and isinstance(entry.get("experiment_id"), str):
+            target = EXPERIMENT + entry["experiment_id"]
+        else:
+            target = entry_name(entry)
+        return self.access.allows(principal, target, Level.READ)
 
     def _upkeep(self, after: str, principal: Principal, name: str, new_name: str | None) -> None:
         """Grants follow what happened in the registry."""
@@ -272,11 +278,24 @@ async def _error(
     await respond(send, error.status, error.body(), headers=headers)
 
 
-def _query_value(scope: Scope, key: str) -> str | None:
-    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get(key, [])
-    if len(values) > 1:
-        raise InvalidInput(f"Pass '{key}' once.")
-    return values[0] if values else None
+def _model_names(rule: Rule, fields: dict) -> tuple[str, str | None]:
+    """The registered model a request names (and the new name a rename gives it)."""
+    assert rule.field is not None, "a rule on a registered model"
+    name = fields.get(rule.field)
+    if isinstance(name, list):  # from the query: given once, or it is ambiguous
+        if len(name) > 1:
+            raise InvalidInput(f"Pass '{rule.field}' once.")
+        name = name[0] if name else None
+    if not isinstance(name, str) or not name:
+        raise InvalidInput(f"Name the registered model: pass '{rule.field}'.")
+    new_name = None
+    if rule.after == "rename":
+        new_name = fields.get("new_name")
+        if not isinstance(new_name, str) or not new_name:
+            raise InvalidInput("Pass 'new_name'.")
+    if rule.after in ("create", "rename"):
+        check_model_name(new_name or name)
+    return name, new_name
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -12,7 +12,7 @@ registered model); the rest of MLflow's API is for admins, who may do everything
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import IntEnum
 
 from modelhost.errors import InvalidInput
@@ -98,12 +98,12 @@ class Rule:
     create: bool = False  # creating a registered model (see Access.may_create)
     after: str | None = None  # grant upkeep once the registry has done it: create | rename | delete
     paged: bool = False  # a registry search, whose every page is read to filter (auth/search.py)
-    experiment: Level | None = None  # on the experiment of the files `locate` names
-    locate: str | None = None  # where those files are named: see auth/files.py
+    experiment: Level | None = None  # on the experiment(s) that `locate` finds
+    locate: str | None = None  # where the request names it: see auth/experiments.py
+    files: bool = False  # it touches files, which may be a registered model version's
     redact: bool = False  # logged models in the answer: hide the versions the caller may not read
 
 
-ANY_CALLER = Rule("Calling")
 ADMIN_ONLY = Rule("Calling", admin=True)
 SCORING = Rule("Scoring", Level.READ)
 
@@ -138,50 +138,61 @@ REGISTRY: dict[tuple[str, str], Rule] = {
     ("POST", "model-versions/set-tag"): Rule("Tagging a version of", Level.EDIT, _NAME),
     ("DELETE", "model-versions/delete-tag"): Rule("Untagging a version of", Level.EDIT, _NAME),
 }
+
+
+def _on(level: Level, locate: str, what: str, **more) -> Rule:
+    return Rule(what, experiment=level, locate=locate, **more)
+
+
+_R, _E, _M = Level.READ, Level.EDIT, Level.MANAGE
+_CHANGES = ("update", "set-tag", "delete-tag", "log-batch", "log-inputs", "log-metric",
+            "log-model", "log-parameter", "outputs")  # fmt: skip
 # MLflow's tracking API behind /api/2.0/mlflow/ (and /ajax-api/2.0/mlflow/, for its UI):
-# experiments, runs, metrics and logged models, open to every signed-in caller. `*` is one path
-# segment (an id).
-TRACKING: dict[str, tuple[str, ...]] = {
-    **{f"experiments/{a}": ("POST",) for a in (
-        "create", "delete", "restore", "update", "set-experiment-tag", "delete-experiment-tag")},
-    "experiments/get": ("GET",),
-    "experiments/get-by-name": ("GET",),
-    "experiments/search": ("GET", "POST"),
-    **{f"runs/{a}": ("POST",) for a in (
-        "create", "delete", "restore", "update", "search", "set-tag", "delete-tag", "log-batch",
-        "log-inputs", "log-metric", "log-model", "log-parameter", "outputs")},
-    "runs/get": ("GET",),
-    "metrics/get-history": ("GET",),
-    "metrics/get-history-bulk": ("GET",),
-    "metrics/get-history-bulk-interval": ("GET",),
-    "logged-models": ("POST",),
-    "logged-models/search": ("POST",),
-    "logged-models/*": ("GET", "PATCH", "DELETE"),
-    "logged-models/*/params": ("POST",),
-    "logged-models/*/tags": ("PATCH",),
-    "logged-models/*/tags/*": ("DELETE",),
-}  # fmt: skip
-_OPEN_TRACKING = {(m, route): ANY_CALLER for route, methods in TRACKING.items() for m in methods}
-_READ_FILES = Rule("Reading", experiment=Level.READ)
-_WRITE_FILES = Rule("Writing", experiment=Level.EDIT)
-# Files of runs and logged models follow their experiment's permissions, as MLflow's auth app
-# has them (READ to read, EDIT to write, MANAGE to delete), and the files of a registered
-# model's versions need READ on the model (auth/files.py). `**` is the rest of the path.
-FILES: dict[tuple[str, str], Rule] = {
+# experiments, runs and logged models follow their experiment's permissions as MLflow's auth
+# app has them (READ to read, EDIT to change, MANAGE to delete; whoever creates an experiment
+# manages it), and the files of a registered model's versions need READ on the model
+# (auth/experiments.py). `*` is one path segment, `**` the rest of the path.
+TRACKING: dict[tuple[str, str], Rule] = {
     ("POST", "experiments/create"): Rule("Creating an experiment", after="experiment"),
-    ("POST", "logged-models/search"): Rule("Searching logged models", redact=True),
-    ("GET", "logged-models/*"): Rule("Reading a logged model", redact=True),
-    ("GET", "artifacts/list"): replace(_READ_FILES, locate="run"),
-    ("GET", "logged-models/*/artifacts/files"): replace(_READ_FILES, locate="logged_model"),
-    ("GET", "logged-models/*/artifacts/directories"): replace(_READ_FILES, locate="logged_model"),
+    ("GET", "experiments/get"): _on(_R, "experiment_id", "Reading"),
+    ("GET", "experiments/get-by-name"): _on(_R, "experiment_name", "Reading"),
+    ("GET", "experiments/search"): Rule("Searching experiments", filter_key="experiments"),
+    ("POST", "experiments/search"): Rule("Searching experiments", filter_key="experiments"),
+    ("POST", "experiments/update"): _on(_E, "experiment_id", "Renaming"),
+    ("POST", "experiments/set-experiment-tag"): _on(_E, "experiment_id", "Tagging"),
+    ("POST", "experiments/delete-experiment-tag"): _on(_E, "experiment_id", "Untagging"),
+    ("POST", "experiments/delete"): _on(_M, "experiment_id", "Deleting"),
+    ("POST", "experiments/restore"): _on(_M, "experiment_id", "Restoring"),
+    ("POST", "runs/create"): _on(_E, "experiment_id", "Creating a run in"),
+    ("GET", "runs/get"): _on(_R, "run", "Reading a run of"),
+    ("POST", "runs/search"): _on(_R, "experiment_ids", "Searching the runs of"),
+    **{("POST", f"runs/{change}"): _on(_E, "run", "Changing a run of") for change in _CHANGES},
+    ("POST", "runs/delete"): _on(_M, "run", "Deleting a run of"),
+    ("POST", "runs/restore"): _on(_M, "run", "Restoring a run of"),
+    ("GET", "metrics/get-history"): _on(_R, "run", "Reading a run of"),
+    ("GET", "metrics/get-history-bulk"): _on(_R, "run_ids", "Reading runs of"),
+    ("GET", "metrics/get-history-bulk-interval"): _on(_R, "run_ids", "Reading runs of"),
+    ("GET", "artifacts/list"): _on(_R, "run", "Reading", files=True),
+    ("POST", "logged-models"): _on(_E, "experiment_id", "Logging a model in"),
+    ("POST", "logged-models/search"): _on(_R, "experiment_ids", "Searching", redact=True),
+    ("GET", "logged-models/*"): _on(_R, "logged_model", "Reading a model of", redact=True),
+    ("PATCH", "logged-models/*"): _on(_E, "logged_model", "Changing a model of"),
+    ("DELETE", "logged-models/*"): _on(_M, "logged_model", "Deleting a model of"),
+    ("POST", "logged-models/*/params"): _on(_E, "logged_model", "Changing a model of"),
+    ("PATCH", "logged-models/*/tags"): _on(_E, "logged_model", "Tagging a model of"),
+    ("DELETE", "logged-models/*/tags/*"): _on(_E, "logged_model", "Untagging a model of"),
+    ("GET", "logged-models/*/artifacts/files"): _on(_R, "logged_model", "Reading", files=True),
+    ("GET", "logged-models/*/artifacts/directories"): _on(
+        _R, "logged_model", "Reading", files=True
+    ),
 }
 # The artifact store behind /api/2.0/mlflow-artifacts/ (and /ajax-api/...).
 ARTIFACTS: dict[tuple[str, str], Rule] = {
-    ("GET", "artifacts"): replace(_READ_FILES, locate="path_query"),
-    ("GET", "artifacts/**"): replace(_READ_FILES, locate="path"),
-    ("PUT", "artifacts/**"): replace(_WRITE_FILES, locate="path"),
-    ("DELETE", "artifacts/**"): Rule("Deleting", experiment=Level.MANAGE, locate="path"),
-    **{("POST", f"mpu/{step}/**"): replace(_WRITE_FILES, locate="path")
+    ("GET", "artifacts"): _on(_R, "path_query", "Reading", files=True),
+    ("GET", "artifacts/**"): _on(_R, "path", "Reading", files=True),
+    ("PUT", "artifacts/**"): _on(_E, "path", "Writing", files=True),
+    ("DELETE", "artifacts/**"): _on(_M, "path", "Deleting", files=True),
+    **{("POST", f"mpu/{step}/**"): _on(_E, "path", "Writing", files=True)
        for step in ("create", "complete", "abort")},
 }  # fmt: skip
 
@@ -195,10 +206,7 @@ def registry_rule(method: str, root: str, route: str) -> Rule:
     if root.endswith("/mlflow-artifacts/"):
         return _find(ARTIFACTS, method, route) or ADMIN_ONLY
     if root.endswith("/2.0/mlflow/"):
-        rule = REGISTRY.get((method, route)) or _find(FILES, method, route)
-        if rule is not None:
-            return rule
-        return _find(_OPEN_TRACKING, method, route) or ADMIN_ONLY
+        return REGISTRY.get((method, route)) or _find(TRACKING, method, route) or ADMIN_ONLY
     return ADMIN_ONLY
 
 
