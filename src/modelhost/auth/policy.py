@@ -1,12 +1,12 @@
-"""Which level a request needs on which registered model: MLflow's levels, modelhost's routes.
+"""Which level a request needs, and on what: MLflow's levels, modelhost's routes.
 
 Levels are MLflow's: READ scores every served version and sees status, versions and events;
 EDIT also registers versions and sets tags, aliases and stages; MANAGE also turns serving on and
-off, reads logs, deletes and grants. A grant names one registered model or a name prefix ending
-in `*` (`prod.ml_team.*`), so three-level names work as catalogs and schemas do.
+off, reads logs, deletes and grants. A grant names one registered model, a name prefix ending
+in `*` (`prod.ml_team.*`, so three-level names work as catalogs and schemas do), or an
+experiment (`experiment:<id>`), whose runs, logged models and files follow it.
 
-Experiments, runs and their artifacts are open to every signed-in caller (they hold no
-registered model); the rest of MLflow's API is for admins, who may do everything.
+What these tables do not name under MLflow's API roots is for admins, who may do everything.
 """
 
 from __future__ import annotations
