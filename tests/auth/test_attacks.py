@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -371,3 +372,44 @@ def test_runs_and_experiments_follow_their_experiment(attack):
     assert granted.returncode == 0, granted.stderr
     assert attack.send("stranger", "POST", f"{MLFLOW}/{changes[0][0]}", changes[0][1])[0] == 200
     assert attack.send("stranger", "POST", f"{MLFLOW}/runs/delete", {"run_id": run_id})[0] == 403
+
+
+def test_what_held_still_holds(attack):
+    """Smuggling, body limits, bad JSON, modelhost's own API, and the same 403 for a model that
+    exists and one that does not."""
+    reader = attack.tokens["reader"]
+    smuggled = (
+        f"POST /model/{SECRET}/1/invocations HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {reader}\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n"
+        "\r\n0\r\n\r\nGET /api/2.0/mlflow/webhooks HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    host, port = attack.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as connection:
+        connection.sendall(smuggled.encode())
+        answered = b""
+        while chunk := connection.recv(65536):  # the gateway closes after its one answer
+            answered += chunk
+    assert answered.startswith(b"HTTP/1.1 400") and answered.count(b"HTTP/1.1 ") == 1
+    score = f"/model/{SECRET}/1/invocations"
+    assert attack.send("reader", "POST", score, "not JSON at all")[0] == 400
+    too_large = httpx.post(f"{attack.url}{score}", content=b"x" * (17 << 20),
+                           headers={"Authorization": f"Bearer {reader}"}, timeout=60)  # fmt: skip
+    assert too_large.status_code == 413
+    _scored(attack, "reader", SECRET)  # the model server took no harm
+    for method, path, body in [
+        ("POST", "/api/2.0/modelhost/users/create", {"name": "mallory", "admin": True}),
+        ("POST", "/api/2.0/modelhost/permissions/grant",
+         {"target": SECRET, "user": "stranger", "level": "MANAGE"}),
+        ("GET", f"/api/2.0/modelhost/permissions/audit?target={SECRET}", None),
+        ("GET", "/api/2.0/modelhost/users/list", None),
+    ]:  # fmt: skip
+        assert attack.send("stranger", method, path, body)[0] == 403, path
+        assert attack.send(None, method, path, body)[0] == 401, path
+    messages = []
+    for name in (SECRET, "team.nothing"):
+        status, answer = attack.send(
+            "stranger", "GET", f"{ENDPOINTS}/events?registered_model_name={name}"
+        )
+        assert status == 403
+        messages.append(answer["message"].replace(name, "NAME"))
+    assert messages[0] == messages[1]
