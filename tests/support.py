@@ -239,10 +239,18 @@ def eventually(check, timeout_s: float = 60):
 
 
 def cli(platform, *args: str) -> subprocess.CompletedProcess:
+    """`modelhost serving ARGS` against an open platform."""
+    return modelhost(platform.url, None, "serving", *args)
+
+
+def modelhost(url: str, token: str | None, *args: str) -> subprocess.CompletedProcess:
+    """The `modelhost` command against the platform at `url`, signed in with `token`."""
+    env = {**os.environ, "MODELHOST_URL": url}
+    if token:
+        env["MODELHOST_TOKEN"] = token
     return subprocess.run(
-        [sys.executable, "-m", "modelhost", "serving", *args],
-        env={**os.environ, "MODELHOST_URL": platform.url},
-        capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "modelhost", *args], env=env, capture_output=True, text=True,
+        timeout=120,
     )  # fmt: skip
 
 

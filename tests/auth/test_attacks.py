@@ -11,7 +11,6 @@ import os
 import re
 import socket
 import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import quote
 
@@ -27,6 +26,7 @@ from support import (
     Platform,
     eventually,
     log_iris,
+    modelhost,
     raw_request,
     signed_in_as,
 )
@@ -46,11 +46,7 @@ class Attack:
         return raw_request(self.url, method, path, self.tokens.get(who), body)
 
     def cli(self, who: str, *args: str) -> subprocess.CompletedProcess:
-        env = {**os.environ, "MODELHOST_URL": self.url, "MODELHOST_TOKEN": self.tokens[who]}
-        return subprocess.run(
-            [sys.executable, "-m", "modelhost", *args], env=env, capture_output=True, text=True,
-            timeout=60,
-        )  # fmt: skip
+        return modelhost(self.url, self.tokens[who], *args)
 
     def client(self, who: str):
         return signed_in_as(self.url, self.tokens[who])

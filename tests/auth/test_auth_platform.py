@@ -8,10 +8,8 @@ on the serving routes and through MLflow's own client against the registry is ch
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import subprocess
-import sys
 from dataclasses import dataclass
 
 import httpx
@@ -19,7 +17,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-from support import ONE_ROW, Platform, eventually, log_iris, signed_in_as
+from support import ONE_ROW, Platform, eventually, log_iris, modelhost, signed_in_as
 
 API = "/api/2.0/preview/mlflow/endpoints"
 MODEL = "prod.ml_team.iris"
@@ -45,11 +43,7 @@ class World:
         return self.call(who, "GET", f"{API}/{action}", params={"registered_model_name": name})
 
     def cli(self, who: str, *args: str) -> subprocess.CompletedProcess:
-        env = {**os.environ, "MODELHOST_URL": self.url, "MODELHOST_TOKEN": self.tokens[who]}
-        return subprocess.run(
-            [sys.executable, "-m", "modelhost", *args], env=env, capture_output=True, text=True,
-            timeout=60,
-        )  # fmt: skip
+        return modelhost(self.url, self.tokens[who], *args)
 
 
 @contextlib.contextmanager
