@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from modelhost.errors import InvalidInput
 from modelhost.gateway.paths import (
+    Normalized,
     canonical,
     encoded,
     registry_route,
@@ -68,3 +71,31 @@ def test_route_families_split_alike_for_auth_and_routing():
     )
     assert registry_route("/api/2.0/mlflowx/runs/get") is None
     assert registry_route("/ajax-api/3.0/mlflow/traces") == ("/ajax-api/3.0/mlflow/", "traces")
+
+
+@pytest.mark.parametrize(
+    ("raw", "seen"),
+    [
+        (b"/model/iris/1/invocations", "/model/iris/1/invocations"),  # passes untouched
+        (b"/api/2.0/mlflow/x/../webhooks", "/api/2.0/mlflow/webhooks"),
+        (b"/api/2.0/mlflow/./x/.", "/api/2.0/mlflow/x"),
+        (b"/a/.hidden/b", "/a/.hidden/b"),
+        (b"/a%2Fb", 400),
+        (b"*", 400),
+    ],
+)
+def test_the_wrapper_hands_on_one_path_or_answers_400(raw, seen):
+    seen_paths, sent = [], []
+
+    async def app(scope, receive, send):
+        seen_paths.append((scope["path"], canonical(scope["raw_path"])))
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "path": raw.decode(), "raw_path": raw}
+    asyncio.run(Normalized(app)(scope, None, send))
+    if seen == 400:
+        assert sent[0]["status"] == 400 and not seen_paths
+    else:
+        assert seen_paths == [(seen, seen)]  # the path judged is the path forwarded

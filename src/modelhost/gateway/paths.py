@@ -24,6 +24,8 @@ SEGMENT_SAFE = "!$&'()*+,;=:@-._~"
 _BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _NO_SINGLE_READING = re.compile(rb"%2f|%5c|\\", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# A path with none of these is its own one reading: the common case passes untouched.
+_NEEDS_WORK = re.compile(rb"%|\\|//|/\.\.?(?:/|$)|[^\x21-\x7e]")
 
 # Where MLflow's REST API lives behind the gateway (the registry, tracking and artifacts).
 REGISTRY_ROOTS = (
@@ -45,9 +47,10 @@ class Normalized:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        raw = scope.get("raw_path") or scope.get("path", "").encode()
+        if scope["type"] == "http" and (not raw.startswith(b"/") or _NEEDS_WORK.search(raw)):
             try:
-                path = canonical(scope.get("raw_path") or scope["path"].encode())
+                path = canonical(raw)
             except InvalidInput as e:
                 await respond(send, e.status, e.body())
                 return
