@@ -11,6 +11,8 @@ which run packages' build scripts) is untrusted. When modelhost runs as root:
   group (plus its environment's group); an environment build with the environment's group.
   The primary group also keeps model servers from tracing or reading /proc of each other: the
   kernel lets a process do that only to processes with the same uid *and* the same gids.
+  Signals are what the shared uid still allows: one model's code may kill another's server,
+  which the controller then restarts.
 - What a model may read sits behind one gate folder, owned by root and readable by its group
   only (0750): its fetched versions (`models/<model>/`), its environment (`envs/<key>/`), its
   scratch folder (`scratch/<n>/`, 0770: the only place it may write). Below a gate everything
