@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from modelhost.control.servers import listen_on
+from modelhost.control.servers import bind_socket
 
 FEATURES = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
 ONE_ROW = {"dataframe_split": {"columns": FEATURES, "data": [[5.1, 3.5, 1.4, 0.2]]}}
@@ -27,7 +27,7 @@ def versions_server(log_dir):
     sockets = Path(tempfile.mkdtemp(prefix="modelhost-versions-"))  # short: sockets allow ~100
     path = sockets / "1.sock"
     log = open(log_dir / "versions.log", "wb")  # noqa: SIM115 - closed below
-    with listen_on(path) as listener:
+    with bind_socket(path) as listener:
         process = subprocess.Popen(
             [sys.executable, "-m", "modelhost", "worker", "--fd", str(listener.fileno())],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,

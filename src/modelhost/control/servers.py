@@ -47,7 +47,7 @@ def socket_path(sockets: Path, number: int) -> Path:
     return sockets / f"{number}.sock"
 
 
-def listen_on(path: Path) -> socket.socket:
+def bind_socket(path: Path) -> socket.socket:
     """A bound Unix socket at `path` that only this user may connect to.
 
     It is bound, not listening: the server listens once it serves, and until then connecting
@@ -114,16 +114,17 @@ class ModelServerProcess:
         self.up = False
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         group = self.isolation.group(f"model:{self.name}")
-        # A built environment's group lets it read the environment; modelhost's own is open.
-        shared = None if self.environment.current else f"env:{self.environment.key}"
-        extra_groups = [g for g in [self.isolation.group(shared or "")] if shared and g]
+        extra_groups: list[int] = []
+        if not self.environment.current:  # a built one: its group lets the server read it
+            env_group = self.isolation.group(f"env:{self.environment.key}")
+            extra_groups = [env_group] if env_group is not None else []
         env = self.environment.process_env(self.isolation.environ(os.environ))
         self.scratch = self.isolation.scratch(str(self.number), group)
         if self.scratch is not None:  # HOME and TMPDIR no other model can read or write
             env.update(HOME=str(self.scratch), TMPDIR=str(self.scratch))
         python = str(self.environment.python)
         self.isolation.let_through()
-        listener = listen_on(self.socket)
+        listener = bind_socket(self.socket)
         # The log is opened here, as the gateway's user, so the model's needs no logs folder.
         with listener, open(self.log_path, "ab") as output:
             self.process = subprocess.Popen(
