@@ -11,9 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pwd
-import shutil
 import stat
-import tempfile
 from pathlib import Path
 
 import httpx
@@ -35,19 +33,17 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="model users need root
 
 
 @pytest.fixture(scope="module")
-def platform():
-    # Outside pytest's temporary folder, whose mode each new pytest run on the machine resets.
-    root = Path(tempfile.mkdtemp(prefix="modelhost-isolation-"))
+def platform(tmp_path_factory):
     with pytest.MonkeyPatch.context() as env:
         env.setenv("MODELHOST_ADMIN_TOKEN", ADMIN_TOKEN)
         env.setenv("MLFLOW_TRACKING_TOKEN", REGISTRY_SECRET)  # as the gateway will hold it
-        with Platform(root / "home", "--auth") as running:
+        home = tmp_path_factory.mktemp("isolation") / "home"
+        with Platform(home, "--auth") as running:
             env.setenv("MLFLOW_TRACKING_TOKEN", ADMIN_TOKEN)  # this client signs in as admin
             mlflow.set_tracking_uri(running.url)
             mlflow.set_experiment("isolation")
             yield running
             mlflow.set_tracking_uri(None)
-    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -109,15 +109,17 @@ class Controller:
         self.worker_options = [
             "--max-body-mb", str(settings.max_body_mb), "--timeout", str(settings.timeout_s)
         ]  # fmt: skip
+        # Model code reaches its files by real paths: it may not pass where a link lies.
+        home = settings.home.resolve()
         self.isolation = Isolation.for_platform(
-            settings.home, settings.model_user, [settings.admin_token, *secrets]
+            home, settings.model_user, [settings.admin_token, *secrets]
         )
         # The model servers' Unix sockets: a short path (sockets allow ~100 bytes), in a folder
         # only this user may enter (0700), so no model's code can reach any server's socket.
         self.sockets = Path(tempfile.mkdtemp(prefix="modelhost-"))
         self.interval_s = interval_s
         self.routes: dict[str, ModelRoutes] = {}
-        self.preparer = Preparer(settings.home, registry_url, store.record, self.isolation)
+        self.preparer = Preparer(home, registry_url, store.record, self.isolation)
         self._clusters: dict[str, Cluster] = {}
         self._wake = asyncio.Event()
 
