@@ -79,6 +79,11 @@ class Isolation:
     def for_platform(cls, home: Path, model_user: str, secrets: Iterable[str | None]) -> Isolation:
         """Isolation for `modelhost up`: the model user's, if we are root; the home secured."""
         if os.geteuid() != 0:
+            log.info(
+                "modelhost does not run as root: model code runs as its user (uid %d) and can "
+                "read what it reads; only its environment is scrubbed of credentials.",
+                os.geteuid(),
+            )
             return cls(home, None, secrets)
         isolation = cls(home, _model_user(model_user), secrets)
         isolation.secure_home()
