@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -185,6 +188,7 @@ class Platform:
         self.marker = f"TEST_PLATFORM_MARKER={uuid.uuid4().hex}"
 
     def __enter__(self) -> Platform:
+        reachable_home(self.home)
         with open(self.log_path, "wb") as log:
             name, _, value = self.marker.partition("=")
             self.process = subprocess.Popen(
@@ -213,6 +217,19 @@ class Platform:
                 os.killpg(self.process.pid, signal.SIGKILL)
         leftovers = started_by(self.marker)
         assert leftovers == [], f"still running after Ctrl-C: {leftovers}"
+
+
+def reachable_home(home: Path) -> None:
+    """As root, make `home` a link to a folder outside pytest's temporary folder.
+
+    Model servers then run as the model user, who must pass through the home's parents; each
+    pytest run on the machine makes pytest's own folder 0700 again, shutting it out.
+    """
+    if os.geteuid() != 0 or home.exists() or home.is_symlink():
+        return
+    real = Path(tempfile.mkdtemp(prefix="modelhost-test-home-"))
+    atexit.register(shutil.rmtree, real, True)  # a test may start `up` on the home again
+    home.symlink_to(real, target_is_directory=True)
 
 
 def started_by(marker: str) -> list[str]:

@@ -206,21 +206,35 @@ def serve(**options: object) -> None:
     type=click.FloatRange(min=0, min_open=True),
     help="The largest artifact file an upload may write (413 past it).",
 )
+@click.option(
+    "--model-user",
+    default=UpSettings.model_user,
+    show_default=True,
+    envvar="MODELHOST_MODEL_USER",
+    help="When modelhost runs as root, model code (model servers, environment builds) runs as "
+    "this unprivileged user, created if missing; each model can read only its own files.",
+)
 def up(**options: object) -> None:
     """Run modelhost: the MLflow registry and the gateway in front of it, on one port."""
     from modelhost.auth.setup import AuthSetupError
+    from modelhost.control.isolation import IsolationError
     from modelhost.up import run
 
     try:
         run(UpSettings(**options))  # type: ignore[arg-type]
     except AuthSetupError as e:
         raise click.UsageError(str(e)) from None
+    except IsolationError as e:
+        raise click.ClickException(e.message) from None
 
 
 @main.command(hidden=True)
-@click.option("--host", default=ServeSettings.host, show_default=True)
-@click.option("--port", type=click.IntRange(0, 65535), required=True)
-@click.option("--uds", default=None, help="Also listen on this Unix socket.")
+@click.option(
+    "--fd",
+    type=click.IntRange(min=0),
+    required=True,
+    help="The bound Unix socket to serve on, handed over open by `modelhost up`.",
+)
 @_max_batch_size()
 @_max_batch_delay_ms()
 @_max_body_mb()
