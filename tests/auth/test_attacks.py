@@ -350,6 +350,7 @@ def test_runs_and_experiments_follow_their_experiment(attack):
         ("experiments/update", {"experiment_id": experiment_id, "new_name": "mine now"}),
         ("experiments/delete", {"experiment_id": experiment_id}),
     ]
+    changes.append(("experiments/create", {"name": "x", "artifact_location": "file:///"}))
     for route, body in changes:
         assert attack.send("stranger", "POST", f"{MLFLOW}/{route}", body)[0] == 403, route
     # Reading is MLflow's default for experiments no grant names.

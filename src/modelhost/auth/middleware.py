@@ -129,12 +129,15 @@ class Auth:
             fields: dict = {}
             # Files named by their path hold what is uploaded in the body: never read it here.
             located_by_fields = rule.locate not in (None, "path", "logged_model")
-            if names_model or (located_by_fields and not admin):
+            if names_model or ((located_by_fields or rule.admin_fields) and not admin):
                 if scope["method"] == "GET":
                     fields = parse_qs(scope.get("query_string", b"").decode("latin-1"))
                 else:
                     body = await read_body(dict(scope["headers"]), receive, BODY_LIMIT)
                     fields = json_object(body)
+            for field in rule.admin_fields if not admin else ():
+                if fields.get(field):
+                    raise PermissionDenied(f"Setting '{field}' is for admins: leave it out.")
             if names_model:
                 name, new_name = _model_names(rule, fields)
                 if not admin:

@@ -102,6 +102,7 @@ class Rule:
     locate: str | None = None  # where the request names it: see auth/experiments.py
     files: bool = False  # it touches files, which may be a registered model version's
     redact: bool = False  # logged models in the answer: hide the versions the caller may not read
+    admin_fields: tuple[str, ...] = ()  # fields of the request only admins may set
 
 
 ADMIN_ONLY = Rule("Calling", admin=True)
@@ -153,7 +154,11 @@ _CHANGES = ("update", "set-tag", "delete-tag", "log-batch", "log-inputs", "log-m
 # manages it), and the files of a registered model's versions need READ on the model
 # (auth/experiments.py). `*` is one path segment, `**` the rest of the path.
 TRACKING: dict[tuple[str, str], Rule] = {
-    ("POST", "experiments/create"): Rule("Creating an experiment", after="experiment"),
+    # Where an experiment's files go is the server's business: a stranger's run must not list
+    # or fill the server's own folders.
+    ("POST", "experiments/create"): Rule(
+        "Creating an experiment", after="experiment", admin_fields=("artifact_location",)
+    ),
     ("GET", "experiments/get"): _on(_R, "experiment_id", "Reading"),
     ("GET", "experiments/get-by-name"): _on(_R, "experiment_name", "Reading"),
     ("GET", "experiments/search"): Rule("Searching experiments", filter_key="experiments"),
