@@ -74,6 +74,9 @@ class UpSettings:
     auth: bool = False  # sign callers in; on by itself off loopback unless `insecure`
     insecure: bool = False  # serve a non-loopback address with no auth
     admin_token: str | None = dataclasses.field(default=None, repr=False)  # the first admin's
+    header_timeout_s: float = 10.0  # a request's head must arrive within this, else 408
+    body_timeout_s: float = 30.0  # and its body within this after it, longer as it arrives
+    registry_requests_per_client: int = 64  # in flight from one address; more get 429
 
     @property
     def max_body_bytes(self) -> int:

@@ -12,6 +12,7 @@ from modelhost.config import UpSettings
 from modelhost.control.controller import Controller
 from modelhost.control.store import StateStore
 from modelhost.gateway.app import Gateway
+from modelhost.gateway.client_limits import ClientLimits
 from modelhost.registry.embedded import EmbeddedRegistry
 
 log = logging.getLogger("modelhost")
@@ -38,6 +39,9 @@ def run(settings: UpSettings) -> None:
     try:
         if embedded:
             registry_url = embedded.start()
+            # The embedded registry answers only its secret: MLflow's clients in this process
+            # (the controller's, the demo's) send MLFLOW_TRACKING_TOKEN as a Bearer token.
+            os.environ["MLFLOW_TRACKING_TOKEN"] = embedded.secret
         assert registry_url is not None
         store = StateStore.in_home(settings.home)
         url = f"http://{settings.host}:{settings.port}"
@@ -45,12 +49,13 @@ def run(settings: UpSettings) -> None:
             _serve_demo(registry_url, store, url, signing_in)
         log.info("modelhost is up on %s; point MLflow at it: MLFLOW_TRACKING_URI=%s", url, url)
         controller = Controller(settings, registry_url, store)
-        gateway = Gateway(settings, registry_url, controller)
+        gateway = Gateway(settings, registry_url, controller, embedded.secret if embedded else None)
+        limits = ClientLimits(settings.header_timeout_s, settings.body_timeout_s)
         uvicorn.run(
             protect(gateway, settings, store) if signing_in else gateway,
             host=settings.host,
             port=settings.port,
-            http="httptools",
+            http=limits.protocol(),  # httptools, with bounds on slow and bloated requests
             loop="uvloop",
             lifespan="on",
             access_log=False,
