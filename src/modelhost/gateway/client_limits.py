@@ -64,6 +64,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self.limits = limits
         self._phase = Phase.IDLE
         self._head_bytes = 0  # of the current head received so far, while it is incomplete
+        self._reading = 0  # bytes in the read being parsed
         self._body_bytes = 0
         self._body_since = 0.0
         self._deadline: asyncio.TimerHandle | None = None
@@ -87,6 +88,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         # uvicorn's own, but a refusal of ours is answered with its status, not a 400.
         self._unset_keepalive_if_required()
+        self._reading = len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
@@ -98,6 +100,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             self.send_400_response(message)
             return
         except httptools.HttpParserUpgrade:
+            self._cancel_deadline()  # the connection is no longer HTTP's
             if self._should_upgrade():
                 self.handle_websocket_upgrade()
             else:
@@ -126,8 +129,13 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._head_bytes = 0
 
     def on_headers_complete(self) -> None:
-        size = len(self.url) + sum(len(name) + len(value) for name, value in self.headers)
-        if size > self.limits.max_header_bytes or len(self.headers) > self.limits.max_headers:
+        limits = self.limits
+        # Only a head that came in more bytes than the limit can be over it: sum only then.
+        if len(self.headers) > limits.max_headers or (
+            self._head_bytes + self._reading > limits.max_header_bytes
+            and len(self.url) + sum(len(k) + len(v) for k, v in self.headers)
+            > limits.max_header_bytes
+        ):
             self._refusal = self._too_large()
             raise _Refused
         self._phase = Phase.BODY
@@ -178,19 +186,23 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         """Answer `error` (unless an answer has begun), close, and log it as one line."""
         self._cancel_deadline()
         self._closed_here = True
-        self._log_end(f"answered {int(error.status)} and closed: {error.message}")
         cycle = self.cycle
+        if cycle is not None and (
+            (cycle.response_started and not cycle.response_complete)
+            or (self._phase is Phase.BODY and cycle.response_complete)
+        ):
+            # An answer has begun, or this request has had its own: all that is left is to close.
+            self._log_end(f"closed: {error.message}")
+            cycle.disconnected = True
+            cycle.message_event.set()
+            self.transport.close()
+            return
+        self._log_end(f"answered {int(error.status)} and closed: {error.message}")
         if cycle is not None and not cycle.response_complete:
             # The app holds this request: its receive() now says the client is gone, and what
             # it sends is dropped.
             cycle.disconnected = True
             cycle.message_event.set()
-        if cycle is not None and (
-            (cycle.response_started and not cycle.response_complete)
-            or (self._phase is Phase.BODY and cycle.response_complete)
-        ):
-            self.transport.close()  # an answer has begun, or this request has had its own
-            return
         body = error.body()
         head = [STATUS_LINE[error.status]]
         defaults = self.server_state.default_headers  # the Date header
