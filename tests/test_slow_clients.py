@@ -12,6 +12,7 @@ import os
 import resource
 import secrets
 import socket
+import time
 
 import httpx
 import mlflow
@@ -228,3 +229,21 @@ def test_bloated_headers_get_431(platform, headers):
     assert answer.status_code == 431, answer.text
     assert answer.json()["error_code"] == "REQUEST_LIMIT_EXCEEDED"
     assert "headers" in answer.json()["message"]
+
+
+def test_a_large_upload_sent_steadily_outlasts_the_body_timeout(platform):
+    """The body's time grows with what arrives: a slow link's artifact upload gets through."""
+    piece = os.urandom(256 * 1024)  # 4 of the 64 KiB that each buy a second
+
+    def steadily():
+        deadline = time.monotonic() + TIMEOUT_S + 10
+        while time.monotonic() < deadline:
+            yield piece
+            time.sleep(1)
+
+    path = "/api/2.0/mlflow-artifacts/artifacts/0/steady/blob.bin"
+    with admin(platform) as client:
+        sent = client.put(path, content=steadily(), timeout=TIMEOUT_S * 3)
+        assert sent.status_code == 200, sent.text
+        read = client.get(path, timeout=TIMEOUT_S * 3)
+    assert read.status_code == 200 and len(read.content) > TIMEOUT_S * len(piece)

@@ -50,7 +50,9 @@ def run(settings: UpSettings) -> None:
         log.info("modelhost is up on %s; point MLflow at it: MLFLOW_TRACKING_URI=%s", url, url)
         controller = Controller(settings, registry_url, store)
         gateway = Gateway(settings, registry_url, controller, embedded.secret if embedded else None)
-        limits = ClientLimits(settings.header_timeout_s, settings.body_timeout_s)
+        limits = ClientLimits(
+            header_timeout_s=settings.header_timeout_s, body_timeout_s=settings.body_timeout_s
+        )
         uvicorn.run(
             protect(gateway, settings, store) if signing_in else gateway,
             host=settings.host,

@@ -173,19 +173,21 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             if waited < allowed:
                 self._deadline = self.loop.call_later(allowed - waited, self._too_slow)
                 return
-            what, seconds = "body", limits.body_timeout_s
+            message = (
+                f"The request's body did not arrive within {limits.body_timeout_s:g} s, plus "
+                f"1 s for each {limits.body_min_bytes_per_s // 1024} KiB received: send it "
+                "faster (the server's --body-timeout sets the time)."
+            )
         else:
             if self.cycle is not None and not self.cycle.response_complete:
                 # A pipelined head waits for the answer before it; that wait is not the client's.
                 self._deadline = self.loop.call_later(limits.header_timeout_s, self._too_slow)
                 return
-            what, seconds = "headers", limits.header_timeout_s
-        self._refuse(
-            RequestTimeout(
-                f"The request's {what} did not arrive within {seconds:g} s: send the whole "
-                "request at once."
+            message = (
+                f"The request's headers did not arrive within {limits.header_timeout_s:g} s: "
+                "send them at once (the server's --header-timeout sets the time)."
             )
-        )
+        self._refuse(RequestTimeout(message))
 
     def _refuse(self, error: ModelhostError) -> None:
         """Answer `error` (unless an answer has begun), close, and log it as one line."""
