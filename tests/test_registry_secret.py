@@ -13,6 +13,7 @@ import json
 import os
 import re
 import secrets
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -101,6 +102,22 @@ def test_the_gateway_reaches_the_registry_with_the_admins_token(platform):
     assert gone.status_code == 200, gone.text
     missing = admin("GET", f"{url}{MODELS}/get", params={"name": "through-the-gateway"})
     assert missing.status_code == 404
+
+
+def test_the_registry_port_bounds_slow_and_bloated_heads(platform):
+    _, port = registry_process(platform)
+    # Headers that never end: answered 408 and closed once --header-timeout (10 s) is up.
+    with socket.create_connection(("127.0.0.1", port)) as connection:
+        connection.sendall(f"GET {MODELS}/search HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ".encode())
+        connection.settimeout(120)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    bloated = httpx.get(
+        f"http://127.0.0.1:{port}{MODELS}/search", headers={"X-Large": "a" * 100_000}, timeout=60
+    )
+    assert bloated.status_code == 431, bloated.text
 
 
 def test_mlflows_client_logs_and_reads_artifacts_through_the_gateway(platform, iris, tmp_path):

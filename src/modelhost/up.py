@@ -35,7 +35,9 @@ def run(settings: UpSettings) -> None:
     if registry_url is None or not registry_url.startswith(("http://", "https://")):
         # A database URI (or none) gets MLflow's own server in front of it, so MLflow clients
         # reach it through the gateway like any other registry.
-        embedded = EmbeddedRegistry(settings.home, backend_store_uri=registry_url)
+        embedded = EmbeddedRegistry(
+            settings.home, backend_store_uri=registry_url, body_timeout_s=settings.body_timeout_s
+        )
     try:
         if embedded:
             registry_url = embedded.start()

@@ -9,14 +9,18 @@ around the gateway's auth.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import os
 from typing import Any
 
 from modelhost.asgi import Receive, Scope, Send, respond
 from modelhost.errors import Unauthenticated
+from modelhost.gateway.client_limits import ClientLimits, LimitedHttpProtocol
 
 SECRET_ENV = "_MODELHOST_REGISTRY_SECRET"
+# The gateway's --body-timeout: an upload the gateway lets through, the registry takes too.
+BODY_TIMEOUT_ENV = "_MODELHOST_REGISTRY_BODY_TIMEOUT"
 # Reveals nothing, and keeps readiness checks (ours and the gateway's /health) simple.
 OPEN_PATHS = frozenset({"/health"})
 REFUSED = Unauthenticated(
@@ -60,3 +64,20 @@ def create_app() -> SecretRequired:
     from mlflow.server.fastapi_app import app
 
     return SecretRequired(app, secret)
+
+
+def http_protocol(**kwargs: Any) -> LimitedHttpProtocol:
+    """The registry's uvicorn protocol (`--http`): the gateway's limits on slow, bloated heads.
+
+    The port is private but reachable by anyone on the machine; without limits, connections
+    that never finish their headers would hold the registry's sockets for good.
+    """
+    return LimitedHttpProtocol(limits=_limits(), **kwargs)
+
+
+@functools.cache
+def _limits() -> ClientLimits:
+    body_timeout_s = os.environ.get(BODY_TIMEOUT_ENV)
+    if body_timeout_s is None:
+        return ClientLimits()
+    return ClientLimits(body_timeout_s=float(body_timeout_s))
