@@ -214,6 +214,33 @@ def serve(**options: object) -> None:
     help="When modelhost runs as root, model code (model servers, environment builds) runs as "
     "this unprivileged user, created if missing; each model can read only its own files.",
 )
+@click.option(
+    "--header-timeout",
+    "header_timeout_s",
+    default=UpSettings.header_timeout_s,
+    show_default=True,
+    envvar="MODELHOST_HEADER_TIMEOUT",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds a client has to send a request's headers; then it gets 408 and is closed.",
+)
+@click.option(
+    "--body-timeout",
+    "body_timeout_s",
+    default=UpSettings.body_timeout_s,
+    show_default=True,
+    envvar="MODELHOST_BODY_TIMEOUT",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds a client has to send a request's body after its headers, plus one for each "
+    "64 KiB that arrives; then it gets 408 and is closed.",
+)
+@click.option(
+    "--registry-requests-per-client",
+    default=UpSettings.registry_requests_per_client,
+    show_default=True,
+    envvar="MODELHOST_REGISTRY_REQUESTS_PER_CLIENT",
+    type=click.IntRange(min=1),
+    help="Registry requests one client address may have in flight at once; more get 429.",
+)
 def up(**options: object) -> None:
     """Run modelhost: the MLflow registry and the gateway in front of it, on one port."""
     from modelhost.auth.setup import AuthSetupError

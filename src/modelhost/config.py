@@ -75,6 +75,9 @@ class UpSettings:
     auth: bool = False  # sign callers in; on by itself off loopback unless `insecure`
     insecure: bool = False  # serve a non-loopback address with no auth
     admin_token: str | None = dataclasses.field(default=None, repr=False)  # the first admin's
+    header_timeout_s: float = 10.0  # a request's head must arrive within this, else 408
+    body_timeout_s: float = 30.0  # and its body within this after it, longer as it arrives
+    registry_requests_per_client: int = 64  # in flight from one address; more get 429
     model_user: str = "modelhost-model"  # as root, model code runs as this unprivileged user
     default_experiment_permission: str = "READ"  # on experiments no grant names, as MLflow's
     max_artifact_mb: float = 1024.0  # the largest artifact file one upload may write

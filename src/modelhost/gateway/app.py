@@ -38,9 +38,16 @@ NOT_FORWARDED = HOP_BY_HOP | {
 class Gateway:
     """The ASGI app behind modelhost's one port."""
 
-    def __init__(self, settings: UpSettings, registry_url: str, controller: Controller) -> None:
+    def __init__(
+        self,
+        settings: UpSettings,
+        registry_url: str,
+        controller: Controller,
+        registry_secret: str | None = None,  # the embedded registry's, sent in place of callers'
+    ) -> None:
         self.settings = settings
         self.registry_url = registry_url
+        self.registry_secret = registry_secret
         self.controller = controller
         self.serving_api = ServingAPI(controller)
         self._registry: Upstream | None = None
@@ -62,7 +69,11 @@ class Gateway:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                self._registry = Upstream(self.registry_url)
+                self._registry = Upstream(
+                    self.registry_url,
+                    bearer=self.registry_secret,
+                    max_per_client=self.settings.registry_requests_per_client,
+                )
                 self._controlling = asyncio.create_task(self.controller.run(), name="controller")
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
