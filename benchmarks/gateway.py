@@ -1,9 +1,11 @@
-"""What the gateway costs: the same model scored through `modelhost up` and straight at its server.
+"""What the gateway costs: the same model scored through `modelhost up` and straight at a server.
 
 Starts `modelhost up` with a fresh home, registers a 50-tree random forest, turns serving on,
-then drives `/model/<name>/1/invocations` on the gateway and `/versions/1/invocations` on the
-model server behind it with the same wrk load, in turns, and prints the share of throughput
-the gateway keeps.
+then drives `/model/<name>/1/invocations` on the gateway and `/invocations` of a `modelhost
+serve` of the same model (the copy the platform fetched, one worker, the platform's batching
+settings) with the same wrk load, in turns, and prints the share of throughput the gateway
+keeps. Platform model servers listen only on a socket the gateway holds, so the direct path is
+the server a user would run by hand, not the one behind the gateway.
 
     ./dev python benchmarks/gateway.py [--duration 5] [--rounds 3] [--connections 16,64]
 """
@@ -11,6 +13,7 @@ the gateway keeps.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
@@ -19,6 +22,7 @@ import tempfile
 import time
 import urllib.request
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -28,16 +32,22 @@ from serving import (
     BenchmarkError,
     WrkResult,
     ensure_wrk,
+    free_port,
     iris_rows,
     median_run,
     platform,
     positive_int,
     request_body,
     run_wrk,
+    server_env,
+    stop_group,
+    wait_ready,
     write_lua,
 )
 from sklearn.datasets import load_iris
 from sklearn.ensemble import RandomForestClassifier
+
+from modelhost.config import ServeSettings
 
 API = "/api/2.0/preview/mlflow/endpoints"
 MODEL = "bench-forest"
@@ -92,10 +102,36 @@ def worker_pid(up: subprocess.Popen[bytes]) -> int:
     return int(children[0])
 
 
-def worker_port(pid: int) -> int:
-    """The model server's port, read from its command line."""
-    command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    return int(command[command.index(b"--port") + 1])
+def fetched_model(home: Path) -> Path:
+    """The folder of version 1 the platform fetched (holding its MLmodel)."""
+    found = list((home / "models").glob("*/1/**/MLmodel"))
+    if len(found) != 1:
+        raise BenchmarkError(f"expected one fetched version 1, found {found}")
+    return found[0].parent
+
+
+@contextlib.contextmanager
+def direct_server(model: Path, log: Path) -> Iterator[tuple[str, int]]:
+    """`modelhost serve` of `model` as the platform serves it; its URL and process id."""
+    port = free_port()
+    settings = ServeSettings(model_uri=str(model))  # the platform's model servers' defaults
+    command = [
+        sys.executable, "-m", "modelhost", "serve", "-m", str(model), "--port", str(port),
+        "--workers", "1", "--env-manager", "local",
+        "--max-batch-size", str(settings.max_batch_size),
+        "--max-batch-delay-ms", str(settings.max_batch_delay_ms),
+    ]  # fmt: skip
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, env=server_env(),
+        )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(server, f"{url}/ping", log)
+        yield f"{url}/invocations", server.pid
+    finally:
+        stop_group(server)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -109,12 +145,16 @@ def run(args: argparse.Namespace) -> None:
         get_json(f"{gateway}{API}/enable", {"registered_model_name": MODEL})
         wait(lambda: version_states(gateway) == ["VERSION_STATE_READY"], "version 1 ready")
         worker = worker_pid(up)
-        direct = f"http://127.0.0.1:{worker_port(worker)}/versions/1/invocations"
-        targets = {"gateway": f"{gateway}/model/{MODEL}/1/invocations", "direct": direct}
-        body_file = Path(tmp) / "one-row.json"
-        body_file.write_bytes(request_body(iris_rows(1)))
-        lua = write_lua(body_file)
-        results = {c: measure(targets, lua, c, args, (up.pid, worker)) for c in args.connections}
+        model = fetched_model(Path(tmp) / "home")
+        with direct_server(model, Path(tmp) / "serve.log") as (direct, server):
+            targets = {
+                "gateway": (f"{gateway}/model/{MODEL}/1/invocations", (up.pid, worker)),
+                "direct": (direct, (up.pid, server)),
+            }
+            body_file = Path(tmp) / "one-row.json"
+            body_file.write_bytes(request_body(iris_rows(1)))
+            lua = write_lua(body_file)
+            results = {c: measure(targets, lua, c, args) for c in args.connections}
     print(f"\n1-row requests, median of {args.rounds} runs; CPU: microseconds per request")
     print(f"{'connections':>11} {'path':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
           f"{'gateway CPU':>11} {'server CPU':>10} {'errors':>6}")  # fmt: skip
@@ -131,17 +171,19 @@ def run(args: argparse.Namespace) -> None:
 
 
 def measure(
-    targets: dict[str, str],
+    targets: dict[str, tuple[str, tuple[int, int]]],
     lua: Path,
     connections: int,
     args: argparse.Namespace,
-    pids: tuple[int, int],
 ) -> tuple[dict[str, WrkResult], dict[str, tuple[float, float]]]:
-    """Each target's median run, and the CPU microseconds per request of gateway and server."""
+    """Each target's median run, and the CPU microseconds per request of gateway and server.
+
+    A target is its URL and the process ids of the gateway and of the model server it reaches.
+    """
     runs: dict[str, list[WrkResult]] = {name: [] for name in targets}
     cpu: dict[str, list[tuple[float, float]]] = {name: [] for name in targets}
     for round_number in range(args.rounds):
-        for name, url in targets.items():
+        for name, (url, pids) in targets.items():
             if round_number == 0:
                 run_wrk(url, lua, connections, WARMUP_S)
             before = [cpu_seconds(pid) for pid in pids]

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import httpx
+import mlflow
 import numpy as np
 import pandas as pd
+from mlflow import MlflowClient
 from mlflow.utils.proto_json_utils import NumpyEncoder, _get_jsonable_obj
+from sklearn.linear_model import LogisticRegression
 
 START_TIMEOUT_S = 180
 
@@ -182,6 +188,7 @@ class Platform:
         self.marker = f"TEST_PLATFORM_MARKER={uuid.uuid4().hex}"
 
     def __enter__(self) -> Platform:
+        reachable_home(self.home)
         with open(self.log_path, "wb") as log:
             name, _, value = self.marker.partition("=")
             self.process = subprocess.Popen(
@@ -212,6 +219,19 @@ class Platform:
         assert leftovers == [], f"still running after Ctrl-C: {leftovers}"
 
 
+def reachable_home(home: Path) -> None:
+    """As root, make `home` a link to a folder outside pytest's temporary folder.
+
+    Model servers then run as the model user, who must pass through the home's parents; each
+    pytest run on the machine makes pytest's own folder 0700 again, shutting it out.
+    """
+    if os.geteuid() != 0 or home.exists() or home.is_symlink():
+        return
+    real = Path(tempfile.mkdtemp(prefix="modelhost-test-home-"))
+    atexit.register(shutil.rmtree, real, True)  # a test may start `up` on the home again
+    home.symlink_to(real, target_is_directory=True)
+
+
 def started_by(marker: str) -> list[str]:
     """The command lines of running processes whose environment holds `marker`."""
     found = []
@@ -236,10 +256,18 @@ def eventually(check, timeout_s: float = 60):
 
 
 def cli(platform, *args: str) -> subprocess.CompletedProcess:
+    """`modelhost serving ARGS` against an open platform."""
+    return modelhost(platform.url, None, "serving", *args)
+
+
+def modelhost(url: str, token: str | None, *args: str) -> subprocess.CompletedProcess:
+    """The `modelhost` command against the platform at `url`, signed in with `token`."""
+    env = {**os.environ, "MODELHOST_URL": url}
+    if token:
+        env["MODELHOST_TOKEN"] = token
     return subprocess.run(
-        [sys.executable, "-m", "modelhost", "serving", *args],
-        env={**os.environ, "MODELHOST_URL": platform.url},
-        capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "modelhost", *args], env=env, capture_output=True, text=True,
+        timeout=120,
     )  # fmt: skip
 
 
@@ -256,3 +284,65 @@ def sample(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     picked = frame.sample(rows, random_state=seed, replace=True).reset_index(drop=True)
     return (picked + rng.normal(0, 0.05, picked.shape)).round(3)
+
+
+# --- requests as an attacker sends them
+
+
+def raw_request(
+    url: str, method: str, path: str, token: str | None = None, body: object = None
+) -> tuple[int, dict]:
+    """Send `path` exactly as written (HTTP clients resolve `..` first), return status and JSON.
+
+    The JSON is `{}` for an empty answer and `{"text": ...}` for one that is not JSON.
+    """
+    import http.client
+    from urllib.parse import urlsplit
+
+    address = urlsplit(url)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=60)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    payload = None
+    if body is not None:
+        payload = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    try:
+        connection.request(method, path, body=payload, headers=headers)
+        response = connection.getresponse()
+        text = response.read()
+    finally:
+        connection.close()
+    try:
+        return response.status, json.loads(text) if text else {}
+    except ValueError:
+        return response.status, {"text": text.decode(errors="replace")}
+
+
+# --- MLflow's client against a platform
+
+
+@contextlib.contextmanager
+def signed_in_as(url: str, token: str):
+    """MLflow's client with `token`: it sends MLFLOW_TRACKING_TOKEN as a Bearer token."""
+    before = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    os.environ["MLFLOW_TRACKING_TOKEN"] = token
+    mlflow.set_tracking_uri(url)
+    try:
+        yield MlflowClient()
+    finally:
+        mlflow.set_tracking_uri(None)
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_TOKEN", None)
+        else:
+            os.environ["MLFLOW_TRACKING_TOKEN"] = before
+
+
+def log_iris(iris, name: str) -> str:
+    """Log and register a logistic regression on iris as `name`; its new version."""
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(
+            LogisticRegression(max_iter=1000).fit(iris, [0, 1, 2] * 50), name="model",
+            input_example=iris.head(2), registered_model_name=name,
+            pip_requirements=["mlflow", "scikit-learn"],
+        )  # fmt: skip
+    return str(info.registered_model_version)

@@ -79,3 +79,23 @@ def json_object(body: bytes) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise InvalidInput("Send a JSON object.")
     return document
+
+
+async def held(app, scope: Scope, receive: Receive) -> tuple[int, list, bytes]:
+    """Run `app` and keep its whole answer: status, headers and body."""
+    start: dict = {}
+    chunks: list[bytes] = []
+
+    async def keep(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            start.update(message)
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+
+    await app(scope, receive, keep)
+    return start.get("status", 500), list(start.get("headers", [])), b"".join(chunks)
+
+
+async def no_body() -> dict[str, Any]:
+    """A receive for a request made here, with no body."""
+    return {"type": "http.request", "body": b"", "more_body": False}

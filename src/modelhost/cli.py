@@ -189,21 +189,79 @@ def serve(**options: object) -> None:
     help="The first admin's token (32+ characters); set the variable rather than the flag, "
     "which others can see in the process list.  [default: one made and printed at first start]",
 )
+@click.option(
+    "--default-experiment-permission",
+    default=UpSettings.default_experiment_permission,
+    show_default=True,
+    envvar="MODELHOST_DEFAULT_EXPERIMENT_PERMISSION",
+    type=click.Choice(["READ", "EDIT", "MANAGE", "NO_PERMISSIONS"], case_sensitive=False),
+    help="With auth: what a signed-in caller may do on an experiment (its runs, logged models "
+    "and their files) that no grant of theirs names; its creator manages it.",
+)
+@click.option(
+    "--max-artifact-mb",
+    default=UpSettings.max_artifact_mb,
+    show_default=True,
+    envvar="MODELHOST_MAX_ARTIFACT_MB",
+    type=click.FloatRange(min=0, min_open=True),
+    help="The largest artifact file an upload may write (413 past it).",
+)
+@click.option(
+    "--model-user",
+    default=UpSettings.model_user,
+    show_default=True,
+    envvar="MODELHOST_MODEL_USER",
+    help="When modelhost runs as root, model code (model servers, environment builds) runs as "
+    "this unprivileged user, created if missing; each model can read only its own files.",
+)
+@click.option(
+    "--header-timeout",
+    "header_timeout_s",
+    default=UpSettings.header_timeout_s,
+    show_default=True,
+    envvar="MODELHOST_HEADER_TIMEOUT",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds a client has to send a request's headers; then it gets 408 and is closed.",
+)
+@click.option(
+    "--body-timeout",
+    "body_timeout_s",
+    default=UpSettings.body_timeout_s,
+    show_default=True,
+    envvar="MODELHOST_BODY_TIMEOUT",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds a client has to send a request's body after its headers, plus one for each "
+    "64 KiB that arrives; then it gets 408 and is closed.",
+)
+@click.option(
+    "--registry-requests-per-client",
+    default=UpSettings.registry_requests_per_client,
+    show_default=True,
+    envvar="MODELHOST_REGISTRY_REQUESTS_PER_CLIENT",
+    type=click.IntRange(min=1),
+    help="Registry requests one client address may have in flight at once; more get 429.",
+)
 def up(**options: object) -> None:
     """Run modelhost: the MLflow registry and the gateway in front of it, on one port."""
     from modelhost.auth.setup import AuthSetupError
+    from modelhost.control.isolation import IsolationError
     from modelhost.up import run
 
     try:
         run(UpSettings(**options))  # type: ignore[arg-type]
     except AuthSetupError as e:
         raise click.UsageError(str(e)) from None
+    except IsolationError as e:
+        raise click.ClickException(e.message) from None
 
 
 @main.command(hidden=True)
-@click.option("--host", default=ServeSettings.host, show_default=True)
-@click.option("--port", type=click.IntRange(0, 65535), required=True)
-@click.option("--uds", default=None, help="Also listen on this Unix socket.")
+@click.option(
+    "--fd",
+    type=click.IntRange(min=0),
+    required=True,
+    help="The bound Unix socket to serve on, handed over open by `modelhost up`.",
+)
 @_max_batch_size()
 @_max_batch_delay_ms()
 @_max_body_mb()

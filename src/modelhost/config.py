@@ -33,7 +33,8 @@ class ServeSettings:
     max_body_mb: float = 16.0
     timeout_s: float = 60.0
     env_manager: str = EnvManager.AUTO.value  # one of EnvManager
-    uds: str | None = None  # a platform server also listens on this Unix socket (the gateway's)
+    uds: str | None = None  # unused: platform servers are handed their socket (`fd`)
+    fd: int | None = None  # a platform server's listening Unix socket, handed over open
     # Where the model's artifacts were downloaded to; set once by the parent process.
     local_path: str | None = None
 
@@ -74,6 +75,16 @@ class UpSettings:
     auth: bool = False  # sign callers in; on by itself off loopback unless `insecure`
     insecure: bool = False  # serve a non-loopback address with no auth
     admin_token: str | None = dataclasses.field(default=None, repr=False)  # the first admin's
+    header_timeout_s: float = 10.0  # a request's head must arrive within this, else 408
+    body_timeout_s: float = 30.0  # and its body within this after it, longer as it arrives
+    registry_requests_per_client: int = 64  # in flight from one address; more get 429
+    model_user: str = "modelhost-model"  # as root, model code runs as this unprivileged user
+    default_experiment_permission: str = "READ"  # on experiments no grant names, as MLflow's
+    max_artifact_mb: float = 1024.0  # the largest artifact file one upload may write
+
+    @property
+    def max_artifact_bytes(self) -> int:
+        return int(self.max_artifact_mb * MIB)
 
     @property
     def max_body_bytes(self) -> int:

@@ -66,6 +66,11 @@ class PayloadTooLarge(ModelhostError):
     error_code = "REQUEST_LIMIT_EXCEEDED"
 
 
+class LengthRequired(ModelhostError):
+    status = HTTPStatus.LENGTH_REQUIRED
+    error_code = "BAD_REQUEST"
+
+
 class UnsupportedMediaType(ModelhostError):
     status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
     error_code = "BAD_REQUEST"
@@ -86,3 +91,22 @@ class NotReady(ModelhostError):
 class Timeout(ModelhostError):
     status = HTTPStatus.GATEWAY_TIMEOUT
     error_code = "DEADLINE_EXCEEDED"
+
+
+class TooManyRequests(ModelhostError):
+    """More requests at once from one client than its share."""
+
+    status = HTTPStatus.TOO_MANY_REQUESTS
+    error_code = "REQUEST_LIMIT_EXCEEDED"
+
+
+class RequestTimeout(ModelhostError):
+    """A client that did not send its whole request in time."""
+
+    status = HTTPStatus.REQUEST_TIMEOUT
+    error_code = "DEADLINE_EXCEEDED"
+
+
+class HeadersTooLarge(ModelhostError):
+    status = HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
+    error_code = "REQUEST_LIMIT_EXCEEDED"

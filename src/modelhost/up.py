@@ -12,6 +12,8 @@ from modelhost.config import UpSettings
 from modelhost.control.controller import Controller
 from modelhost.control.store import StateStore
 from modelhost.gateway.app import Gateway
+from modelhost.gateway.client_limits import ClientLimits
+from modelhost.gateway.paths import Normalized
 from modelhost.registry.embedded import EmbeddedRegistry
 
 log = logging.getLogger("modelhost")
@@ -34,10 +36,15 @@ def run(settings: UpSettings) -> None:
     if registry_url is None or not registry_url.startswith(("http://", "https://")):
         # A database URI (or none) gets MLflow's own server in front of it, so MLflow clients
         # reach it through the gateway like any other registry.
-        embedded = EmbeddedRegistry(settings.home, backend_store_uri=registry_url)
+        embedded = EmbeddedRegistry(
+            settings.home, backend_store_uri=registry_url, body_timeout_s=settings.body_timeout_s
+        )
     try:
         if embedded:
             registry_url = embedded.start()
+            # The embedded registry answers only its secret: MLflow's clients in this process
+            # (the controller's, the demo's) send MLFLOW_TRACKING_TOKEN as a Bearer token.
+            os.environ["MLFLOW_TRACKING_TOKEN"] = embedded.secret
         assert registry_url is not None
         store = StateStore.in_home(settings.home)
         url = f"http://{settings.host}:{settings.port}"
@@ -45,12 +52,16 @@ def run(settings: UpSettings) -> None:
             _serve_demo(registry_url, store, url, signing_in)
         log.info("modelhost is up on %s; point MLflow at it: MLFLOW_TRACKING_URI=%s", url, url)
         controller = Controller(settings, registry_url, store)
-        gateway = Gateway(settings, registry_url, controller)
+        gateway = Gateway(settings, registry_url, controller, embedded.secret if embedded else None)
+        limits = ClientLimits(
+            header_timeout_s=settings.header_timeout_s, body_timeout_s=settings.body_timeout_s
+        )
         uvicorn.run(
-            protect(gateway, settings, store) if signing_in else gateway,
+            # One path per request, before auth judges it (gateway/paths.py).
+            Normalized(protect(gateway, settings, store) if signing_in else gateway),
             host=settings.host,
             port=settings.port,
-            http="httptools",
+            http=limits.protocol(),  # httptools, with bounds on slow and bloated requests
             loop="uvloop",
             lifespan="on",
             access_log=False,

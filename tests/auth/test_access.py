@@ -13,11 +13,12 @@ from modelhost.auth.access import Access
 from modelhost.auth.limits import FailureLimiter
 from modelhost.auth.policy import (
     ADMIN_ONLY,
-    ANY_CALLER,
     Level,
+    check_model_name,
     check_target,
     covers,
     level_on,
+    parse_default_permission,
     registry_rule,
     serving_rule,
 )
@@ -26,6 +27,7 @@ from modelhost.auth.store import AuthStore, token_rows
 from modelhost.config import UpSettings
 from modelhost.control.store import StateStore
 from modelhost.errors import Conflict, InvalidInput
+from modelhost.gateway.paths import registry_route
 
 
 @pytest.fixture
@@ -58,22 +60,58 @@ def test_prefix_grants_cover_names_and_narrower_prefixes():
             check_target(bad)
 
 
+def rule_for(method: str, path: str):
+    return registry_rule(method, *registry_route(path))
+
+
 def test_routes_map_to_the_level_they_need_on_the_model_they_name():
-    rule = registry_rule("POST", "/api/2.0/mlflow/model-versions/create")
+    rule = rule_for("POST", "/api/2.0/mlflow/model-versions/create")
     assert (rule.level, rule.field) == (Level.EDIT, "name")
-    assert registry_rule("GET", "/ajax-api/2.0/mlflow/registered-models/get").level is Level.READ
-    assert registry_rule("DELETE", "/api/2.0/mlflow/registered-models/delete").level is Level.MANAGE
-    assert registry_rule("POST", "/api/2.0/mlflow/registered-models/create").create
-    assert registry_rule("GET", "/api/2.0/mlflow/registered-models/search").filter_key
-    # Unknown routes of the registry's families are refused; tracking is open to the signed in.
-    assert registry_rule("POST", "/api/2.0/mlflow/registered-models/new-thing") is ADMIN_ONLY
-    assert registry_rule("POST", "/api/2.0/mlflow/webhooks") is ADMIN_ONLY
-    assert registry_rule("POST", "/api/2.0/mlflow/runs/create") is ANY_CALLER
-    assert registry_rule("PUT", "/api/2.0/mlflow-artifacts/artifacts/1/x") is ANY_CALLER
+    assert rule_for("GET", "/ajax-api/2.0/mlflow/registered-models/get").level is Level.READ
+    assert rule_for("DELETE", "/api/2.0/mlflow/registered-models/delete").level is Level.MANAGE
+    assert rule_for("POST", "/api/2.0/mlflow/registered-models/create").create
+    assert rule_for("GET", "/api/2.0/mlflow/registered-models/search").filter_key
     assert serving_rule("POST", "enable").level is Level.MANAGE
     assert serving_rule("GET", "logs").level is Level.MANAGE
     assert serving_rule("GET", "events").level is Level.READ
     assert serving_rule("PUT", "config").level is Level.MANAGE  # settings to come: MANAGE
+
+
+def test_routes_the_policy_does_not_know_are_for_admins_only():
+    # Tracking follows experiments, files too, route by route.
+    created = rule_for("POST", "/api/2.0/mlflow/runs/create")
+    assert (created.experiment, created.locate) == (Level.EDIT, "experiment_id")
+    assert rule_for("POST", "/api/2.0/mlflow/runs/delete").experiment is Level.MANAGE
+    assert rule_for("POST", "/api/2.0/mlflow/experiments/create").after == "experiment"
+    files = rule_for("GET", "/ajax-api/2.0/mlflow/logged-models/m-1/artifacts/files")
+    assert (files.experiment, files.locate) == (Level.READ, "logged_model")
+    assert rule_for("PUT", "/api/2.0/mlflow-artifacts/artifacts/1/x").experiment is Level.EDIT
+    assert rule_for("DELETE", "/api/2.0/mlflow-artifacts/artifacts/1/x").experiment is Level.MANAGE
+    upload = rule_for("POST", "/api/2.0/mlflow-artifacts/mpu/create/1/r/artifacts/f")
+    assert (upload.experiment, upload.locate) == (Level.EDIT, "path")
+    for method, path in [
+        ("POST", "/api/2.0/mlflow/registered-models/new-thing"),
+        ("POST", "/api/2.0/mlflow/webhooks"),
+        ("GET", "/api/2.0/mlflow/webhooks/w-1"),
+        ("HEAD", "/api/2.0/mlflow/registered-models/get"),  # Flask would answer it as a GET
+        ("OPTIONS", "/api/2.0/mlflow/runs/get"),
+        ("GET", "/api/2.0/mlflow/runs/get/"),
+        ("GET", "/api/2.0/mlflow/logged-models//params"),
+        ("POST", "/api/2.0/mlflow/runs/create-promptlab-run"),
+        ("GET", "/api/3.0/mlflow/gateway/secrets/list"),
+        ("POST", "/ajax-api/3.0/mlflow/workspaces"),
+        ("GET", "/api/2.0/mlflow-artifacts/presigned/1/x"),
+        ("POST", "/api/2.0/mlflow-artifacts/artifacts/1/x"),
+        ("GET", "/api/2.0/mlflow-artifacts/mpu/create/1/x"),
+    ]:
+        assert rule_for(method, path) is ADMIN_ONLY, (method, path)
+
+
+def test_names_that_grants_would_read_as_a_prefix_are_refused():
+    for name in ("team.*", "*", "a*b"):
+        with pytest.raises(InvalidInput, match="cannot contain"):
+            check_model_name(name)
+    check_model_name("prod.ml_team.iris")
 
 
 def test_tokens_are_stored_hashed_and_accepted_as_bearer_or_basic(store):
@@ -184,3 +222,20 @@ def test_failures_beyond_a_burst_wait():
     assert [limiter.failed("10.0.0.1") for _ in range(3)] == [0.0, 0.0, 0.0]
     assert limiter.failed("10.0.0.1") > 0
     assert limiter.failed("10.0.0.2") == 0.0  # another address has its own allowance
+
+
+def test_experiments_follow_their_own_grants_and_the_default(store):
+    access = Access(store, default_experiment=Level.READ)
+    alice = store.create_principal("alice")
+    store.grant("alice", "*", Level.MANAGE, by=None)  # every registered model...
+    assert access.level(alice, "experiment:1") is Level.READ  # ...says nothing of experiments
+    store.grant("alice", "experiment:1", Level.EDIT, by=None)
+    assert access.level(alice, "experiment:1") is Level.EDIT
+    assert access.level(alice, "experiment:2") is Level.READ
+    closed = Access(store, default_experiment=parse_default_permission("no_permissions"))
+    assert closed.level(alice, "experiment:2") is None
+    assert closed.level(alice, "experiment:1") is Level.EDIT
+    with pytest.raises(InvalidInput, match="experiment by its id"):
+        store.grant("alice", "experiment:one", Level.READ, by=None)
+    with pytest.raises(ValueError, match="NO_PERMISSIONS"):
+        parse_default_permission("WRITE")

@@ -8,10 +8,8 @@ on the serving routes and through MLflow's own client against the registry is ch
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import subprocess
-import sys
 from dataclasses import dataclass
 
 import httpx
@@ -19,8 +17,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-from sklearn.linear_model import LogisticRegression
-from support import ONE_ROW, Platform, eventually
+from support import ONE_ROW, Platform, eventually, log_iris, modelhost, signed_in_as
 
 API = "/api/2.0/preview/mlflow/endpoints"
 MODEL = "prod.ml_team.iris"
@@ -46,37 +43,13 @@ class World:
         return self.call(who, "GET", f"{API}/{action}", params={"registered_model_name": name})
 
     def cli(self, who: str, *args: str) -> subprocess.CompletedProcess:
-        env = {**os.environ, "MODELHOST_URL": self.url, "MODELHOST_TOKEN": self.tokens[who]}
-        return subprocess.run(
-            [sys.executable, "-m", "modelhost", *args], env=env, capture_output=True, text=True,
-            timeout=60,
-        )  # fmt: skip
+        return modelhost(self.url, self.tokens[who], *args)
 
 
 @contextlib.contextmanager
 def signed_in(world: World, who: str):
-    """MLflow's client, as `who`: it sends MLFLOW_TRACKING_TOKEN as a Bearer token."""
-    before = os.environ.get("MLFLOW_TRACKING_TOKEN")
-    os.environ["MLFLOW_TRACKING_TOKEN"] = world.tokens[who]
-    mlflow.set_tracking_uri(world.url)
-    try:
-        yield MlflowClient()
-    finally:
-        mlflow.set_tracking_uri(None)
-        if before is None:
-            os.environ.pop("MLFLOW_TRACKING_TOKEN", None)
-        else:
-            os.environ["MLFLOW_TRACKING_TOKEN"] = before
-
-
-def log_iris(iris, name: str) -> str:
-    with mlflow.start_run():
-        info = mlflow.sklearn.log_model(
-            LogisticRegression(max_iter=1000).fit(iris, [0, 1, 2] * 50), name="model",
-            input_example=iris.head(2), registered_model_name=name,
-            pip_requirements=["mlflow", "scikit-learn"],
-        )  # fmt: skip
-    return str(info.registered_model_version)
+    with signed_in_as(world.url, world.tokens[who]) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +146,8 @@ def test_scoring_and_serving_control_follow_the_levels(world):
 
 def test_the_registry_follows_the_levels_through_mlflows_client(world, iris):
     with signed_in(world, "editor"):
-        assert log_iris(iris, MODEL) == "2"  # registering a version needs EDIT
+        mlflow.set_experiment("editor's")  # runs follow experiments: the editor's own
+        assert log_iris(iris, MODEL) == "2"  # registering a version needs EDIT on the model
         MlflowClient().set_registered_model_alias(MODEL, "champion", "2")
     eventually(lambda: _ready(world, "champion"))  # a reader scores every served version
     source = None

@@ -10,15 +10,17 @@ from __future__ import annotations
 import time
 
 from modelhost.auth import tokens
-from modelhost.auth.policy import Level, covers, level_on
+from modelhost.auth.policy import EXPERIMENT, Level, covers, level_on
 from modelhost.auth.store import AuthStore, Principal, Snapshot
 
 CACHE_LIMIT = 100_000  # entries per cache; past it, a cache starts again empty
 
 
 class Access:
-    def __init__(self, store: AuthStore) -> None:
+    def __init__(self, store: AuthStore, default_experiment: Level | None = Level.READ) -> None:
         self.store = store
+        # What a caller may do on an experiment no grant of theirs names (MLflow's default).
+        self.default_experiment = default_experiment
         self._snapshot: Snapshot = store.snapshot()
         # header -> (principal, expires_at): skips parsing and hashing for a known header
         self._identities: dict[bytes, tuple[Principal, float | None]] = {}
@@ -60,7 +62,7 @@ class Access:
         return (principal, record.expires_at) if principal else None
 
     def level(self, principal: Principal, target: str) -> Level | None:
-        """What `principal` may do on a registered model (or on a prefix of names)."""
+        """What `principal` may do on a registered model, a prefix of names or an experiment."""
         if principal.admin:
             return Level.MANAGE
         key = (principal.name, target)
@@ -70,7 +72,12 @@ class Access:
             pass
         if len(self._levels) >= CACHE_LIMIT:
             self._levels = {}
-        found = self._levels[key] = level_on(self._snapshot.grants.get(principal.name, {}), target)
+        granted = self._snapshot.grants.get(principal.name, {})
+        if target.startswith(EXPERIMENT):  # prefix grants are on model names only
+            found = granted.get(target, self.default_experiment)
+        else:
+            found = level_on(granted, target)
+        self._levels[key] = found
         return found
 
     def allows(self, principal: Principal, target: str, needed: Level) -> bool:

@@ -13,13 +13,22 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from modelhost.asgi import Receive, Scope, Send, json_object, read_body, respond
-from modelhost.auth import ACTOR
+from modelhost.asgi import Receive, Scope, Send, held, json_object, read_body, respond
+from modelhost.auth import ACTOR, search
 from modelhost.auth.access import Access
-from modelhost.auth.api import PREFIX as API_PREFIX
 from modelhost.auth.api import AuthAPI
+from modelhost.auth.experiments import MODEL_VERSIONS_TAG, Locator, redacted
 from modelhost.auth.limits import FailureLimiter, retry_after
-from modelhost.auth.policy import SCORING, Level, Rule, registry_rule, serving_rule
+from modelhost.auth.policy import (
+    EXPERIMENT,
+    SCORING,
+    Level,
+    Rule,
+    check_model_name,
+    registry_rule,
+    serving_rule,
+)
+from modelhost.auth.search import entry_name
 from modelhost.auth.store import Principal
 from modelhost.control.store import StateStore
 from modelhost.errors import (
@@ -29,8 +38,8 @@ from modelhost.errors import (
     TooManyFailures,
     Unauthenticated,
 )
+from modelhost.gateway.paths import MODELHOST_ROOT, registry_route, scoring_target, serving_action
 from modelhost.gateway.serving import ACTIONS as SERVING_ACTIONS
-from modelhost.gateway.serving import PREFIXES as SERVING_PREFIXES
 
 log = logging.getLogger("modelhost.auth")
 audit = logging.getLogger("modelhost.audit")
@@ -54,6 +63,7 @@ class Auth:
         self.events = events
         self.limiter = limiter
         self.api = AuthAPI(access, events)
+        self.locator = Locator(app)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
@@ -64,25 +74,26 @@ class Auth:
             return
         scope[ACTOR] = principal.name
         path = scope["path"]
-        if path.startswith("/model/") and path.endswith("/invocations"):
-            name = path[len("/model/") : -len("/invocations")].rpartition("/")[0]
+        if (target := scoring_target(path)) is not None:
+            name = target[0]
             # Another method does nothing and needs no right: the gateway answers it 405.
             if scope["method"] != "POST" or self.access.allows(principal, name, Level.READ):
                 await self.app(scope, receive, send)
             else:
                 await _error(send, denied(SCORING, name))
-        elif path.startswith(API_PREFIX):
+        elif path.startswith(MODELHOST_ROOT):
             await self.api(scope, receive, send, principal)
-        elif path.startswith(SERVING_PREFIXES):
-            action = path.rsplit("/", 1)[-1]
+        elif (action := serving_action(path)) is not None:
             if SERVING_ACTIONS.get(action, scope["method"]) != scope["method"]:
                 await self.app(scope, receive, send)  # the gateway answers 405, doing nothing
             else:
                 await self._guarded(serving_rule(scope["method"], action),
                                     principal, scope, receive, send)  # fmt: skip
+        elif (route := registry_route(path)) is not None:
+            rule = registry_rule(scope["method"], *route)
+            await self._guarded(rule, principal, scope, receive, send)
         else:
-            await self._guarded(registry_rule(scope["method"], path),
-                                principal, scope, receive, send)  # fmt: skip
+            await self.app(scope, receive, send)  # the gateway's own pages, or its 404
 
     async def _sign_in(self, scope: Scope, send: Send) -> Principal | None:
         authorization = None
@@ -109,39 +120,62 @@ class Auth:
     async def _guarded(
         self, rule: Rule, principal: Principal, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        """Check `rule`, then call the gateway; answers that need upkeep or filtering are held."""
-        if principal.admin:
-            await self.app(scope, receive, send)  # admins may do everything; nothing to filter
-            return
+        """Check `rule`, then call the gateway; answers that need upkeep or filtering are held.
+
+        Admins pass every check, but what they create, rename and delete keeps grants in step.
+        """
+        admin = principal.admin
         body: bytes | None = None
         name = new_name = None
         try:
-            if rule.admin:
+            if rule.admin and not admin:
                 raise PermissionDenied(f"{rule.what} {scope['path']} is for admins only.")
-            if rule.field is not None:
+            names_model = rule.field is not None and (rule.after is not None or not admin)
+            fields: dict = {}
+            # Files named by their path hold what is uploaded in the body: never read it here.
+            located_by_fields = rule.locate not in (None, "path", "logged_model")
+            if names_model or ((located_by_fields or rule.admin_fields) and not admin):
                 if scope["method"] == "GET":
-                    fields = {rule.field: _query_value(scope, rule.field)}
+                    fields = parse_qs(scope.get("query_string", b"").decode("latin-1"))
                 else:
                     body = await read_body(dict(scope["headers"]), receive, BODY_LIMIT)
                     fields = json_object(body)
-                name = fields.get(rule.field)
-                if not isinstance(name, str) or not name:
-                    raise InvalidInput(f"Name the registered model: pass '{rule.field}'.")
-                new_name = fields.get("new_name") if rule.after == "rename" else None
-                self._check(rule, principal, name, new_name)
+            for field in rule.admin_fields if not admin else ():
+                if fields.get(field):
+                    raise PermissionDenied(f"Setting '{field}' is for admins: leave it out.")
+            if names_model:
+                name, new_name = _model_names(rule, fields)
+                if not admin:
+                    self._check(rule, principal, name, new_name)
+            if rule.experiment is not None and not admin:
+                await self._check_experiments(rule, principal, scope, fields)
+            if rule.redact and not admin and MODEL_VERSIONS_TAG.lower() in str(fields).lower():
+                raise PermissionDenied(f"Searching by {MODEL_VERSIONS_TAG} is for admins.")
         except ModelhostError as e:
             await _error(send, e)
             return
         if body is not None:
             receive = _replay(body, receive)
-        if rule.filter_key is None and rule.after is None:
+        filtering = (rule.filter_key is not None or rule.redact) and not admin
+        readable = lambda name: self.access.allows(principal, name, Level.READ)  # noqa: E731
+        if filtering and rule.paged:
+            await search.readable_pages(self.app, scope, send, rule.filter_key or "", readable)
+            return
+        if not filtering and rule.after is None:
             await self.app(scope, receive, send)
             return
         # Held whole to be filtered or checked: compressed answers could not be read.
         scope = {**scope, "headers": [h for h in scope["headers"] if h[0] != b"accept-encoding"]}
-        status, headers, answer = await _held(self.app, scope, receive)
-        if rule.filter_key is not None and status == 200:
-            answer = self._readable_only(answer, rule.filter_key, principal)
+        status, headers, answer = await held(self.app, scope, receive)
+        if filtering and status == 200:
+            answer = (
+                redacted(answer, readable)
+                if rule.redact
+                else self._readable_only(answer, rule.filter_key or "", principal)
+            )
+        elif rule.after == "experiment":
+            if status == 200 and not admin:
+                self._experiment_created(answer, principal)
         elif rule.after is not None:
             made = new_name if rule.after == "rename" else name
             if status != 200 and not self.access.allows(principal, made, Level.READ):
@@ -154,7 +188,7 @@ class Auth:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": answer})
 
-    def _check(self, rule: Rule, principal: Principal, name: str, new_name: object) -> None:
+    def _check(self, rule: Rule, principal: Principal, name: str, new_name: str | None) -> None:
         if rule.create:
             if not self.access.may_create(principal, name):
                 raise denied(rule, name)
@@ -162,30 +196,67 @@ class Auth:
         assert rule.level is not None
         if not self.access.allows(principal, name, rule.level):
             raise denied(rule, name)
-        if rule.after == "rename":
-            if not isinstance(new_name, str) or not new_name:
-                raise InvalidInput("Pass 'new_name'.")
-            if not self.access.allows(principal, new_name, Level.MANAGE):
-                raise denied(rule, new_name, Level.MANAGE)
+        if new_name is not None and not self.access.allows(principal, new_name, Level.MANAGE):
+            raise denied(rule, new_name, Level.MANAGE)
+
+    async def _check_experiments(
+        self, rule: Rule, principal: Principal, scope: Scope, fields: dict
+    ) -> None:
+        """Runs, logged models and their files follow their experiment; a registered model's
+        files (those a version was made of) need READ on the model to read, MANAGE to change."""
+        assert rule.experiment is not None and rule.locate is not None, "a tracking rule"
+        route = registry_route(scope["path"])
+        place = await self.locator.locate(
+            rule.locate, scope, route[1] if route else "", fields, rule.files
+        )
+        if rule.experiment is Level.READ and place.backs:
+            allowed = any(self.access.allows(principal, n, Level.READ) for n in place.backs)
+        else:
+            allowed = all(
+                self.access.allows(principal, EXPERIMENT + e, rule.experiment)
+                for e in place.experiments
+            ) and all(self.access.allows(principal, n, Level.MANAGE) for n in place.backs)
+        if not allowed:
+            what = "these files" if rule.files else "this experiment"
+            model = " (or READ on the registered model, for its files)" if rule.files else ""
+            raise PermissionDenied(
+                f"{rule.what} {what} needs {rule.experiment.name} on the experiment{model}, "
+                "which you do not have (or it does not exist). Ask its managers, or an admin."
+            )
+
+    def _experiment_created(self, answer: bytes, principal: Principal) -> None:
+        """Whoever creates an experiment manages it, as in MLflow's auth app."""
+        try:
+            experiment_id = orjson.loads(answer).get("experiment_id")
+        except (orjson.JSONDecodeError, AttributeError):
+            return
+        if isinstance(experiment_id, str) and experiment_id.isdigit():
+            target = EXPERIMENT + experiment_id
+            self.access.store.grant(principal.name, target, Level.MANAGE, by=principal.name)
+            self._audit(target, f"MANAGE granted to {principal.name}, who created it.", principal)
 
     def _readable_only(self, answer: bytes, key: str, principal: Principal) -> bytes:
+        """The answer's `key` list without what the caller may not read (models or experiments)."""
         try:
             document = orjson.loads(answer)
         except orjson.JSONDecodeError:
             return answer
         if isinstance(document, dict) and isinstance(document.get(key), list):
-            document[key] = [
-                entry
-                for entry in document[key]
-                if self.access.allows(principal, _entry_name(entry), Level.READ)
-            ]
+            document[key] = [e for e in document[key] if self._readable(principal, e)]
             return orjson.dumps(document)
         return answer
+
+    def _readable(self, principal: Principal, entry: object) -> bool:
+        if isinstance(entry, dict) and isinstance(entry.get("experiment_id"), str):
+            target = EXPERIMENT + entry["experiment_id"]
+        else:
+            target = entry_name(entry)
+        return self.access.allows(principal, target, Level.READ)
 
     def _upkeep(self, after: str, principal: Principal, name: str, new_name: str | None) -> None:
         """Grants follow what happened in the registry."""
         store = self.access.store
-        if after == "create":
+        if after == "create" and not principal.admin:  # admins manage every model already
             store.grant(principal.name, name, Level.MANAGE, by=principal.name)
             self._audit(name, f"MANAGE granted to {principal.name}, who created it.", principal)
         elif after == "rename" and new_name:
@@ -215,19 +286,24 @@ async def _error(
     await respond(send, error.status, error.body(), headers=headers)
 
 
-def _query_value(scope: Scope, key: str) -> str | None:
-    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get(key, [])
-    if len(values) > 1:
-        raise InvalidInput(f"Pass '{key}' once.")
-    return values[0] if values else None
-
-
-def _entry_name(entry: object) -> str:
-    if isinstance(entry, dict):
-        name = entry.get("name") or entry.get("registered_model_name")
-        if isinstance(name, str):
-            return name
-    return ""
+def _model_names(rule: Rule, fields: dict) -> tuple[str, str | None]:
+    """The registered model a request names (and the new name a rename gives it)."""
+    assert rule.field is not None, "a rule on a registered model"
+    name = fields.get(rule.field)
+    if isinstance(name, list):  # from the query: given once, or it is ambiguous
+        if len(name) > 1:
+            raise InvalidInput(f"Pass '{rule.field}' once.")
+        name = name[0] if name else None
+    if not isinstance(name, str) or not name:
+        raise InvalidInput(f"Name the registered model: pass '{rule.field}'.")
+    new_name = None
+    if rule.after == "rename":
+        new_name = fields.get("new_name")
+        if not isinstance(new_name, str) or not new_name:
+            raise InvalidInput("Pass 'new_name'.")
+    if rule.after in ("create", "rename"):
+        check_model_name(new_name or name)
+    return name, new_name
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -242,18 +318,3 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return {"type": "http.request", "body": body, "more_body": False}
 
     return replayed
-
-
-async def _held(app, scope: Scope, receive: Receive) -> tuple[int, list, bytes]:
-    """Run `app` and keep its whole answer."""
-    start: dict = {}
-    chunks: list[bytes] = []
-
-    async def keep(message: dict) -> None:
-        if message["type"] == "http.response.start":
-            start.update(message)
-        elif message["type"] == "http.response.body":
-            chunks.append(message.get("body", b""))
-
-    await app(scope, receive, keep)
-    return start.get("status", 500), list(start.get("headers", [])), b"".join(chunks)

@@ -9,6 +9,7 @@ from modelhost.auth import tokens
 from modelhost.auth.access import Access
 from modelhost.auth.limits import FailureLimiter
 from modelhost.auth.middleware import Auth
+from modelhost.auth.policy import parse_default_permission
 from modelhost.auth.store import ADMIN, ADMIN_ENV_TOKEN_ID, AuthStore, Kind
 from modelhost.config import UpSettings
 from modelhost.control.store import StateStore
@@ -79,4 +80,5 @@ def protect(app, settings: UpSettings, events: StateStore) -> Auth:
             "MLFLOW_TRACKING_TOKEN=<token> for MLflow clients.\n",
             flush=True,
         )
-    return Auth(app, Access(store), events, FailureLimiter())
+    default = parse_default_permission(settings.default_experiment_permission)
+    return Auth(app, Access(store, default), events, FailureLimiter())

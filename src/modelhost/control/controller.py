@@ -3,9 +3,10 @@
 Each version of a serving-enabled model is first prepared (control/placement.py: its artifacts
 fetched, the Python environment it declares built or found), then held by the model's server
 for that environment (control/servers.py): a model has one `modelhost worker` per environment
-its versions need, usually one. The route table maps a model's versions to the port of the
-server holding them, and its stages and aliases to a ready version; a stage or alias moves only
-once its new target is ready.
+its versions need, usually one. The route table maps a model's versions to the number of the
+server holding them (which names its Unix socket), and its stages and aliases to a ready
+version; a stage or alias moves only once its new target is ready. Model code runs as
+control/isolation.py says.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ import asyncio
 import logging
 import shutil
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlflow import MlflowClient
 
 from modelhost.config import EnvManager, UpSettings
+from modelhost.control.isolation import Isolation
 from modelhost.control.placement import Placement, PlacementState, Preparer
 from modelhost.control.servers import ModelServerProcess, server_log, socket_path
 from modelhost.control.store import StateStore
@@ -52,7 +55,8 @@ class ModelRoutes:
     state: str = "ENDPOINT_STATE_PENDING"
     message: str = "Preparing the versions."
     versions: dict[str, dict[str, str]] = field(default_factory=dict)  # version -> state, message
-    ports: dict[str, int] = field(default_factory=dict)  # ready version -> its server's port
+    # ready version -> the number of its server (names the server's socket: socket_path)
+    ports: dict[str, int] = field(default_factory=dict)
     refs: dict[str, str] = field(default_factory=dict)  # stage or alias -> ready version
 
     def resolve(self, ref: str) -> str | None:
@@ -83,10 +87,19 @@ class Cluster:
 
 
 class Controller:
-    """Reconciles every `interval_s`; the gateway reads `routes`."""
+    """Reconciles every `interval_s`; the gateway reads `routes`.
+
+    `secrets` are values the gateway holds that model code must never see, besides the admin
+    token and what the scrub drops by name (control/scrub.py).
+    """
 
     def __init__(
-        self, settings: UpSettings, registry_url: str, store: StateStore, interval_s: float = 1.0
+        self,
+        settings: UpSettings,
+        registry_url: str,
+        store: StateStore,
+        interval_s: float = 1.0,
+        secrets: Iterable[str] = (),
     ) -> None:
         self.registry = MlflowClient(tracking_uri=registry_url, registry_uri=registry_url)
         self.registry_url = registry_url
@@ -96,11 +109,17 @@ class Controller:
         self.worker_options = [
             "--max-body-mb", str(settings.max_body_mb), "--timeout", str(settings.timeout_s)
         ]  # fmt: skip
-        # The model servers' Unix sockets: a short path (sockets allow ~100 bytes), ours alone.
+        # Model code reaches its files by real paths: it may not pass where a link lies.
+        home = settings.home.resolve()
+        self.isolation = Isolation.for_platform(
+            home, settings.model_user, [settings.admin_token, *secrets]
+        )
+        # The model servers' Unix sockets: a short path (sockets allow ~100 bytes), in a folder
+        # only this user may enter (0700), so no model's code can reach any server's socket.
         self.sockets = Path(tempfile.mkdtemp(prefix="modelhost-"))
         self.interval_s = interval_s
         self.routes: dict[str, ModelRoutes] = {}
-        self.preparer = Preparer(settings.home, registry_url, store.record)
+        self.preparer = Preparer(home, registry_url, store.record, self.isolation)
         self._clusters: dict[str, Cluster] = {}
         self._wake = asyncio.Event()
 
@@ -143,9 +162,9 @@ class Controller:
             await self._drop(name)
         shutil.rmtree(self.sockets, ignore_errors=True)
 
-    def socket_path(self, port: int) -> Path:
-        """The Unix socket the model server on `port` listens on, for the gateway."""
-        return socket_path(self.sockets, port)
+    def socket_path(self, number: int) -> Path:
+        """The Unix socket model server `number` (as in `routes`) listens on, for the gateway."""
+        return socket_path(self.sockets, number)
 
     async def reconcile(self) -> None:
         served = await asyncio.to_thread(self.store.served)
@@ -263,7 +282,7 @@ class Controller:
             environment = next(iter(placements.values())).environment
             assert environment is not None, "a prepared placement has its environment"
             server = ModelServerProcess(
-                name, environment, self.registry_url, self.logs, self.worker_options, self.sockets
+                name, environment, self.isolation, self.logs, self.worker_options, self.sockets
             )
             if restarts == 0:
                 self.store.record(name, f"{server.describe()} is starting.")
@@ -305,14 +324,14 @@ class Controller:
         versions: dict[str, dict[str, str]] = {}
         ports: dict[str, int] = {}
         for version in desired.versions:
-            state, message, port = self._shown(cluster, cluster.placements.get(version), held)
+            state, message, number = self._shown(cluster, cluster.placements.get(version), held)
             previous = cluster.previous.get(version)
             if state == READY:
                 cluster.previous.pop(version, None)  # the old server lets go at the next tick
             elif previous is not None:
-                old_state, _, old_port = self._shown(cluster, previous, held)
+                old_state, _, old_number = self._shown(cluster, previous, held)
                 if old_state == READY:  # serve on from where it was until the new one is ready
-                    state, port = READY, old_port
+                    state, number = READY, old_number
                     message = f"Ready in its previous environment; in the new one: {message}"
             before = routes.versions.get(version, {}).get("state")
             if state != before and state == READY:
@@ -320,8 +339,8 @@ class Controller:
             elif state != before and state == FAILED:
                 self.store.record(name, f"Version {version} failed: {message}", version)
             versions[version] = {"state": state, "state_message": message}
-            if state == READY and port is not None:
-                ports[version] = port
+            if state == READY and number is not None:
+                ports[version] = number
         ready = set(ports)
         refs = {}
         targets = dict(desired.aliases)
@@ -343,7 +362,7 @@ class Controller:
     def _shown(
         cluster: Cluster, placement: Placement | None, held: dict[str, dict[str, dict]]
     ) -> tuple[str, str, int | None]:
-        """(state, message, server port) of one placement of a version."""
+        """(state, message, server number) of one placement of a version."""
         if placement is None:
             return PENDING, "Waiting to be prepared.", None
         if placement.state is PlacementState.PREPARING:
@@ -355,7 +374,7 @@ class Controller:
         if server is None or shown is None:
             return PENDING, "Starting its model server.", None
         state = _WORKER_STATES.get(shown["state"], PENDING)
-        return state, shown["message"], server.port
+        return state, shown["message"], server.number
 
     @staticmethod
     def _endpoint_state(cluster: Cluster, versions: dict[str, dict[str, str]]) -> tuple[str, str]:

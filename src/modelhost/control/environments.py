@@ -3,10 +3,14 @@
 Built environments live under a root folder, one per cache key (`<root>/<key>/`), so versions
 and models that need the same packages share one. An environment is usable only once its
 marker file is written, the last step of a build; builders of one key take turns on a file lock.
+On the platform, builds run packages' build scripts as model code: with no credential in their
+environment and, as root, as the model user (control/isolation.py); what they built is then
+sealed, root's and read-only, since versions of other models may share it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -22,12 +26,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 import modelhost
 from modelhost.config import EnvManager
+from modelhost.control import isolation as isolating
+from modelhost.control.isolation import Isolation
 from modelhost.control.requirements import Requirements, normalized, unmet_here
 from modelhost.errors import ModelhostError
 
@@ -89,10 +96,13 @@ def prepare(
     manager: EnvManager | str,
     root: str | Path,
     log: Log = lambda line: None,
+    isolation: Isolation | None = None,
 ) -> Environment:
     """The environment to serve a model with these requirements in, built under `root` if need be.
 
-    `log` receives every line of progress and build output, as it happens.
+    `log` receives every line of progress and build output, as it happens. With `isolation`
+    (the platform's), the build runs as model code and a built environment is handed over to
+    its group.
     """
     manager = EnvManager(manager)
     if manager is EnvManager.LOCAL:
@@ -103,7 +113,10 @@ def prepare(
             log("The current environment satisfies the model's requirements: using it.")
             return _current(requirements)
         log(f"The model needs an environment of its own: {reason}.")
-    return build(requirements, Path(root), log)
+    environment = build(requirements, Path(root), log, isolation)
+    if isolation is not None and environment.path is not None:
+        isolation.open_gate(environment.path, isolation.group(f"env:{environment.key}"))
+    return environment
 
 
 def environment_key(requirements: Requirements) -> str:
@@ -112,7 +125,12 @@ def environment_key(requirements: Requirements) -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:24]
 
 
-def build(requirements: Requirements, root: Path, log: Log = lambda line: None) -> Environment:
+def build(
+    requirements: Requirements,
+    root: Path,
+    log: Log = lambda line: None,
+    isolation: Isolation | None = None,
+) -> Environment:
     """The environment at `<root>/<key>/`, built with uv unless it already is."""
     key = environment_key(requirements)
     path = (root / key).resolve()
@@ -120,7 +138,7 @@ def build(requirements: Requirements, root: Path, log: Log = lambda line: None) 
         root.mkdir(parents=True, exist_ok=True)
         with _lock(root / f"{key}.lock", log):
             if not (path / MARKER).is_file():  # another builder may have finished meanwhile
-                _build(requirements, path, log)
+                _build(requirements, path, log, isolation)
                 return _built(key, path, root, built=True)
     log(f"Using the environment {path}, built before.")
     return _built(key, path, root, built=False)
@@ -155,28 +173,36 @@ def _worker_requirements() -> list[str]:
     return [declared.get(name, name) for name in WORKER_PACKAGES]
 
 
-def _build(requirements: Requirements, path: Path, log: Log) -> None:
+def _build(requirements: Requirements, path: Path, log: Log, isolation: Isolation | None) -> None:
     started = time.monotonic()
     shutil.rmtree(path, ignore_errors=True)  # what a builder that died half-way left behind
     log(f"Building the model's environment in {path} with uv...")
+    group = isolation.group(f"env:{path.name}") if isolation is not None else None
     try:
-        uv = _uv()
-        interpreter = _interpreter(uv, requirements, path.parent, log)
-        code, output = _run([uv, "venv", "--python", interpreter, str(path)], path.parent, log)
-        if code:
-            raise EnvironmentFailed(f"Could not create the environment: {_uv_says(output)}")
-        install = [*(e.text for e in requirements.entries), *_server_lines(requirements)]
-        (path / "requirements.txt").write_text("\n".join(install) + "\n")
-        command = [uv, "pip", "install", "--python", str(path / "bin" / "python")]
-        command += ["-r", str(path / "requirements.txt")]
-        if requirements.constraints:
-            (path / "constraints.txt").write_text(
-                "\n".join(e.text for e in requirements.constraints) + "\n"
-            )
-            command += ["-c", str(path / "constraints.txt")]
-        code, output = _run(command, path.parent, log)
-        if code:
-            raise EnvironmentFailed(_install_failure(output, requirements))
+        with contextlib.ExitStack() as stack:
+            builder = _Builder(path.parent, isolation, group)
+            if group is not None:
+                builder.private(stack.enter_context(isolating.build_space(isolation, path, group)))
+            uv = _uv()
+            interpreter = _interpreter(uv, requirements, builder, log)
+            code, output = builder.run([uv, "venv", "--python", interpreter, str(path)], log)
+            if code:
+                raise EnvironmentFailed(f"Could not create the environment: {_uv_says(output)}")
+            install = [*(e.text for e in requirements.entries), *_server_lines(requirements)]
+            _write_readable(path / "requirements.txt", "\n".join(install) + "\n")
+            command = [uv, "pip", "install", "--python", str(path / "bin" / "python")]
+            command += ["-r", str(path / "requirements.txt")]
+            if requirements.constraints:
+                _write_readable(
+                    path / "constraints.txt",
+                    "\n".join(e.text for e in requirements.constraints) + "\n",
+                )
+                command += ["-c", str(path / "constraints.txt")]
+            code, output = builder.run(command, log)
+            if code:
+                raise EnvironmentFailed(_install_failure(output, requirements))
+        if group is not None:
+            isolating.seal(path, group)  # shared between models: no build may change it later
         seconds = round(time.monotonic() - started, 1)
         _write_marker(path, requirements, install, seconds)
     except BaseException:
@@ -198,7 +224,7 @@ def _write_marker(path: Path, requirements: Requirements, install: list[str], s:
         "built_at": time.time(),
     }
     partial = path / f"{MARKER}.partial"
-    partial.write_text(json.dumps(record, indent=2))
+    _write_readable(partial, json.dumps(record, indent=2))
     os.replace(partial, path / MARKER)  # atomic: the environment is whole, or not there
 
 
@@ -208,13 +234,41 @@ def _uv() -> str:
     return find_uv_bin()
 
 
-def _interpreter(uv: str, requirements: Requirements, cwd: Path, log: Log) -> str:
+def _write_readable(path: Path, text: str) -> None:
+    """A file of the environment's: read by its builds and servers, whoever runs them."""
+    path.write_text(text)
+    os.chmod(path, 0o644)
+
+
+class _Builder:
+    """Runs uv for a build: as modelhost's user, or as the model user in the build's group."""
+
+    def __init__(self, cwd: Path, isolation: Isolation | None, group: int | None) -> None:
+        self.cwd = cwd
+        self.isolation = isolation
+        self.options = isolation.process_options(group) if isolation is not None else {}
+        self.extra_env: dict[str, str] = {}
+
+    def private(self, scratch: Path) -> None:
+        """As the model user: a cache, HOME and working folder of its own, gone afterwards."""
+        self.cwd = scratch
+        self.extra_env = {"HOME": str(scratch), "TMPDIR": str(scratch),
+                          "UV_CACHE_DIR": str(scratch / "uv-cache")}  # fmt: skip
+
+    def run(self, command: list[str], log: Log) -> tuple[int, list[str]]:
+        base = self.isolation.environ(os.environ) if self.isolation is not None else os.environ
+        env = {**base, **self.extra_env, "UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1"}
+        env.pop("VIRTUAL_ENV", None)  # the target is always named; never the caller's venv
+        return _run(command, self.cwd, env, self.options, log)
+
+
+def _interpreter(uv: str, requirements: Requirements, builder: _Builder, log: Log) -> str:
     """The Python to build with: the current one if the model declares its version, else uv's."""
     wanted = requirements.python_minor
     here = f"{sys.version_info.major}.{sys.version_info.minor}"
     if wanted is None or wanted == here:
         return sys.executable
-    code, output = _run([uv, "python", "find", wanted], cwd, log)
+    code, output = builder.run([uv, "python", "find", wanted], log)
     if code or not output:
         raise EnvironmentFailed(
             f"Python {wanted} is not available on this machine; the model declares Python "
@@ -225,10 +279,10 @@ def _interpreter(uv: str, requirements: Requirements, cwd: Path, log: Log) -> st
     return output[-1].strip()
 
 
-def _run(command: list[str], cwd: Path, log: Log) -> tuple[int, list[str]]:
+def _run(
+    command: list[str], cwd: Path, env: dict[str, str], options: dict[str, Any], log: Log
+) -> tuple[int, list[str]]:
     """Run uv, each line of its output to `log` as it comes; (exit code, output lines)."""
-    env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1"}
-    env.pop("VIRTUAL_ENV", None)  # the target is always named; never the caller's venv
     output: list[str] = []
     with subprocess.Popen(
         command,
@@ -239,6 +293,7 @@ def _run(command: list[str], cwd: Path, log: Log) -> tuple[int, list[str]]:
         stdin=subprocess.DEVNULL,
         text=True,
         errors="replace",
+        **options,
     ) as process:
         try:
             for line in process.stdout:  # type: ignore[union-attr]
@@ -314,6 +369,9 @@ def _modelhost_source(root: Path) -> Path:
     link = folder / "modelhost"
     if not link.is_dir() or link.resolve() != package:
         folder.mkdir(parents=True, exist_ok=True)
+        # Read by model servers, whichever user runs them: modelhost's own code, not a secret.
+        os.chmod(folder.parent, 0o755)
+        os.chmod(folder, 0o755)
         partial = folder / f".modelhost-{secrets.token_hex(8)}"
         partial.symlink_to(package, target_is_directory=True)
         os.replace(partial, link)

@@ -35,6 +35,7 @@ from modelhost.control.environments import (
     environment_key,
     prepare,
 )
+from modelhost.control.isolation import Isolation, open_tree
 from modelhost.control.requirements import (
     Requirements,
     RequirementsError,
@@ -105,7 +106,8 @@ class VersionLog:
 class Preparer:
     """Prepares versions on its own threads; `start` returns at once, the placement updates."""
 
-    def __init__(self, home: Path, registry_url: str, record: Record) -> None:
+    def __init__(self, home: Path, registry_url: str, record: Record, isolation: Isolation) -> None:
+        self.isolation = isolation
         self.models = home / "models"
         self.envs = home / "envs"
         self.registry_url = registry_url
@@ -196,15 +198,21 @@ class Preparer:
                 raise Stopping("modelhost is stopping.")
             version_log(line)
 
-        environment = prepare(requirements, manager, self.envs, build_log)
+        environment = prepare(requirements, manager, self.envs, build_log, self.isolation)
         self.record(name, _environment_event(version, environment), version)
         seconds = time.monotonic() - started
         version_log(f"Version {version} is prepared in {seconds:.1f} s; handing it to its server.")
         return local_path, environment
 
     def _fetch(self, name: str, version: str, identity: str, version_log: VersionLog) -> Path:
-        """The version's model folder under the home, fetched unless it already is."""
-        folder = self.models / hashlib.sha1(name.encode()).hexdigest()[:12] / version
+        """The version's model folder under the home, fetched unless it already is.
+
+        The model's folder (all its versions) is the gate its servers' group passes through.
+        """
+        gate = self.models / hashlib.sha1(name.encode()).hexdigest()[:12]
+        folder = gate / version
+        gate.mkdir(parents=True, exist_ok=True)
+        self.isolation.open_gate(gate, self.isolation.group(f"model:{name}"))
         fetched = _fetched(folder, identity)
         if fetched is not None:
             version_log(f"Using the artifacts of version {version} fetched before, in {folder}.")
@@ -228,6 +236,8 @@ class Preparer:
             model = Path(downloaded).resolve().relative_to(partial.resolve())
             record = {"identity": identity, "model": str(model)}
             (partial / FETCHED).write_text(json.dumps(record))
+            if self.isolation.enabled:
+                open_tree(partial)  # read-only to the model's servers, behind its gate
             if folder.exists() and _fetched(folder, identity) is None:
                 shutil.rmtree(folder)  # half-fetched, or another model's that had this name
             try:

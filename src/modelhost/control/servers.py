@@ -1,18 +1,29 @@
-"""The model server processes of the platform: one `modelhost worker` per model and environment."""
+"""The model server processes of the platform: one `modelhost worker` per model and environment.
+
+A model server listens on no TCP port: only on a Unix socket that the controller creates, as
+the gateway's user, in a folder only that user may enter, and hands over as an open file
+descriptor. The server's user never needs the socket's path, and no other model's code (nor
+any other local user) can connect to it: scoring, loading code and /metrics stay behind the
+gateway, which signs callers in.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import itertools
 import os
 import re
+import shutil
+import socket
 import subprocess
 from pathlib import Path
 
 import httpx
 
 from modelhost.control.environments import Environment
-from modelhost.net import free_port
+from modelhost.control.isolation import Isolation
 from modelhost.processes import stop_group
 
 # The key of the server that runs in the interpreter running modelhost: every version whose
@@ -26,9 +37,32 @@ def server_log(logs: Path, name: str) -> Path:
     return logs / f"{re.sub(r'[^A-Za-z0-9._-]', '_', name)}-{digest}.log"
 
 
-def socket_path(sockets: Path, port: int) -> Path:
-    """Where the model server on `port` also listens: a Unix socket, for the gateway."""
-    return sockets / f"{port}.sock"
+# Each server started gets a number of its own, never reused while modelhost runs: it names the
+# server's socket, and the gateway keeps a connection pool per number.
+_numbers = itertools.count(1)
+
+
+def socket_path(sockets: Path, number: int) -> Path:
+    """Where model server `number` listens: a Unix socket, for the gateway."""
+    return sockets / f"{number}.sock"
+
+
+def bind_socket(path: Path) -> socket.socket:
+    """A bound Unix socket at `path` that only this user may connect to.
+
+    It is bound, not listening: the server listens once it serves, and until then connecting
+    is refused at once, which is how the controller tells a starting server from a slow one.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # left by a server that died
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(str(path))
+        os.chmod(path, 0o600)  # the folder is ours alone already; this says so twice
+    except BaseException:
+        listener.close()
+        raise
+    return listener
 
 
 def server_key(environment: Environment) -> str:
@@ -47,7 +81,7 @@ class ModelServerProcess:
         self,
         name: str,
         environment: Environment,
-        registry_url: str,
+        isolation: Isolation,
         logs: Path,
         options: list[str],
         sockets: Path,
@@ -56,11 +90,12 @@ class ModelServerProcess:
         self.sockets = sockets  # the folder of the servers' Unix sockets
         self.environment = environment
         self.key = server_key(environment)
-        self.registry_url = registry_url
+        self.isolation = isolation
         self.log_path = server_log(logs, name)
         self.options = options  # `modelhost worker` flags
-        self.port = 0
+        self.number = 0  # names its socket; the routes' and the gateway's key for it
         self.socket = Path()
+        self.scratch: Path | None = None  # as the model user: its only writable folder
         self.process: subprocess.Popen[bytes] | None = None
         self.client: httpx.AsyncClient | None = None
         self.up = False  # it has answered GET /versions since it started
@@ -74,18 +109,31 @@ class ModelServerProcess:
         return f"The model server in environment {self.environment.key}"
 
     def start(self) -> None:
-        self.port = free_port()
-        self.socket = socket_path(self.sockets, self.port)
+        self.number = next(_numbers)
+        self.socket = socket_path(self.sockets, self.number)
         self.up = False
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = self.environment.process_env({**os.environ, "MLFLOW_TRACKING_URI": self.registry_url})
+        group = self.isolation.group(f"model:{self.name}")
+        extra_groups: list[int] = []
+        if not self.environment.current:  # a built one: its group lets the server read it
+            env_group = self.isolation.group(f"env:{self.environment.key}")
+            extra_groups = [env_group] if env_group is not None else []
+        env = self.environment.process_env(self.isolation.environ(os.environ))
+        self.scratch = self.isolation.scratch(str(self.number), group)
+        if self.scratch is not None:  # HOME and TMPDIR no other model can read or write
+            env.update(HOME=str(self.scratch), TMPDIR=str(self.scratch))
         python = str(self.environment.python)
-        with open(self.log_path, "ab") as output:
+        self.isolation.let_through()
+        listener = bind_socket(self.socket)
+        # The log is opened here, as the gateway's user, so the model's needs no logs folder.
+        with listener, open(self.log_path, "ab") as output:
             self.process = subprocess.Popen(
-                [python, "-m", "modelhost", "worker", "--port", str(self.port),
-                 "--uds", str(self.socket), *self.options],
+                [python, "-m", "modelhost", "worker", "--fd", str(listener.fileno()),
+                 *self.options],
                 stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=env, start_new_session=True,
+                env=env, start_new_session=True, pass_fds=(listener.fileno(),),
+                cwd=self.scratch,
+                **self.isolation.process_options(group, extra_groups),
             )  # fmt: skip
         self.client = httpx.AsyncClient(
             transport=httpx.AsyncHTTPTransport(uds=str(self.socket)),
@@ -108,6 +156,7 @@ class ModelServerProcess:
 
     async def hold(self, version: str, model_uri: str, local_path: Path) -> None:
         assert self.client is not None, "started"
+        self.isolation.let_through()  # loading reads the version's files as the model user
         await self.client.put(
             f"/versions/{version}", json={"model_uri": model_uri, "local_path": str(local_path)}
         )
@@ -122,3 +171,6 @@ class ModelServerProcess:
             await self.client.aclose()
         if self.process is not None:
             await asyncio.to_thread(stop_group, self.process, 15)
+            self.socket.unlink(missing_ok=True)
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)

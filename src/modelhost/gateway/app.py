@@ -12,34 +12,43 @@ import orjson
 from modelhost.asgi import Receive, Scope, Send, read_body, refuse_method, respond
 from modelhost.config import UpSettings
 from modelhost.control.controller import Controller
-from modelhost.errors import ModelhostError, NotFound, NotReady, Timeout
+from modelhost.errors import (
+    LengthRequired,
+    ModelhostError,
+    NotFound,
+    NotReady,
+    PayloadTooLarge,
+    Timeout,
+)
 from modelhost.gateway import openapi
+from modelhost.gateway.paths import registry_route, scoring_target, serving_action
 from modelhost.gateway.pool import ConnectionPool, UpstreamClosed
 from modelhost.gateway.proxy import HOP_BY_HOP, Upstream
-from modelhost.gateway.serving import PREFIXES as SERVING_PREFIXES
 from modelhost.gateway.serving import ServingAPI
 
 log = logging.getLogger("modelhost.gateway")
 
-# The pool sets its own framing (Content-Length) and connection handling.
-NOT_FORWARDED = HOP_BY_HOP | {b"content-length"}
-
-# What MLflow clients call, all answered by the registry (the tracking server).
-REGISTRY_PREFIXES = (
-    "/api/2.0/mlflow",
-    "/api/2.0/mlflow-artifacts",
-    "/api/3.0/mlflow",
-    "/ajax-api/",
-)
+# The pool sets its own framing (Content-Length) and connection handling; a model is code that
+# may not be trusted with the caller's credentials.
+NOT_FORWARDED = HOP_BY_HOP | {
+    b"content-length", b"authorization", b"cookie", b"proxy-authorization"
+}  # fmt: skip
 PAGES = ("/health", "/openapi.json", "/docs")  # what the gateway answers itself, to GET or HEAD
 
 
 class Gateway:
     """The ASGI app behind modelhost's one port."""
 
-    def __init__(self, settings: UpSettings, registry_url: str, controller: Controller) -> None:
+    def __init__(
+        self,
+        settings: UpSettings,
+        registry_url: str,
+        controller: Controller,
+        registry_secret: str | None = None,  # the embedded registry's, sent in place of callers'
+    ) -> None:
         self.settings = settings
         self.registry_url = registry_url
+        self.registry_secret = registry_secret
         self.controller = controller
         self.serving_api = ServingAPI(controller)
         self._registry: Upstream | None = None
@@ -61,7 +70,11 @@ class Gateway:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                self._registry = Upstream(self.registry_url)
+                self._registry = Upstream(
+                    self.registry_url,
+                    bearer=self.registry_secret,
+                    max_per_client=self.settings.registry_requests_per_client,
+                )
                 self._controlling = asyncio.create_task(self.controller.run(), name="controller")
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
@@ -77,16 +90,18 @@ class Gateway:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
-        if path.startswith("/model/") and path.endswith("/invocations"):
+        if (target := scoring_target(path)) is not None:
             if scope["method"] == "POST":
-                await self._score(scope, receive, send)
+                await self._score(scope, receive, send, *target)
             else:
                 await refuse_method(send, scope, ("POST",))
-        elif path.startswith(SERVING_PREFIXES):
-            action = path.split("/")[-1]
+        elif (action := serving_action(path)) is not None:
             await self.serving_api(scope, receive, send, action)
-        elif path.startswith(REGISTRY_PREFIXES):
+        elif registry_route(path) is not None:
             assert self._registry is not None, "lifespan startup has run"
+            if scope["method"] == "PUT" and (refused := self._upload_refused(scope)):
+                await respond(send, refused.status, refused.body())
+                return
             await self._registry.forward(scope, receive, send)
         elif path in PAGES and scope["method"] not in ("GET", "HEAD"):
             await refuse_method(send, scope, ("GET", "HEAD"))
@@ -100,9 +115,21 @@ class Gateway:
             error = NotFound(f"No route {path}.")
             await respond(send, error.status, error.body())
 
-    async def _score(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def _upload_refused(self, scope: Scope) -> ModelhostError | None:
+        """An artifact upload must say its size, within --max-artifact-mb, before it is sent on."""
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        limit = self.settings.max_artifact_bytes
+        if not declared.isdigit():
+            return LengthRequired("Send the file's size as Content-Length (MLflow's client does).")
+        if int(declared) > limit:
+            return PayloadTooLarge(
+                f"The file is larger than the artifact limit of {limit} bytes; an admin can raise "
+                "it with `modelhost up --max-artifact-mb`."
+            )
+        return None
+
+    async def _score(self, scope: Scope, receive: Receive, send: Send, name: str, ref: str) -> None:
         """/model/<name>/<version | stage | alias>/invocations, to the model's server."""
-        name, _, ref = scope["path"][len("/model/") : -len("/invocations")].rpartition("/")
         headers: tuple[tuple[bytes, bytes], ...] = ()
         try:
             version, port = self._route(name, ref)

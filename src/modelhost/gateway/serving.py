@@ -18,7 +18,6 @@ from modelhost.config import EnvManager
 from modelhost.control.controller import Controller
 from modelhost.errors import InvalidInput, ModelhostError, NotFound
 
-PREFIXES = ("/api/2.0/preview/mlflow/endpoints/", "/api/2.0/mlflow/endpoints/")
 LOG_LINES = 2000  # the tail of a model server's log that `logs` returns
 LOG_BYTES = 8 * 1024 * 1024  # read from the end of the log, to find those lines in
 BODY_LIMIT = 64 * 1024  # a name and a setting or two

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ import httpx
 
 from modelhost.net import free_port
 from modelhost.processes import stop_group
+from modelhost.registry.guard import BODY_TIMEOUT_ENV, SECRET_ENV
 
 log = logging.getLogger("modelhost.registry")
 
@@ -23,14 +25,20 @@ STOP_GRACE_S = 10.0
 class EmbeddedRegistry:
     """A `mlflow server` on a private loopback port, its artifacts served by it.
 
-    Its store is SQLite under the home unless `backend_store_uri` names another database.
+    Its store is SQLite under the home unless `backend_store_uri` names another database. It
+    answers only requests that carry `secret` as a Bearer token (see `registry/guard.py`).
     """
 
-    def __init__(self, home: Path, backend_store_uri: str | None = None) -> None:
+    def __init__(
+        self, home: Path, backend_store_uri: str | None = None, body_timeout_s: float | None = None
+    ) -> None:
         self.folder = home / "registry"
         self.backend_store_uri = backend_store_uri or f"sqlite:///{self.folder / 'mlflow.db'}"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.body_timeout_s = body_timeout_s
+        # Made anew at each start and held only in memory and in the server's environment.
+        self.secret = secrets.token_urlsafe(32)
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> str:
@@ -41,12 +49,17 @@ class EmbeddedRegistry:
             "--backend-store-uri", self.backend_store_uri,
             "--serve-artifacts", "--artifacts-destination", str(self.folder / "artifacts"),
             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+            "--app-name", "modelhost",  # MLflow's app behind our check: registry/guard.py
+            "--uvicorn-opts", "--http modelhost.registry.guard:http_protocol",
         ]  # fmt: skip
         # MLflow starts its ASGI server by name: let it find the one beside this Python.
         env = {
             **os.environ,
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            SECRET_ENV: self.secret,  # the environment, not the command line others can read
         }
+        if self.body_timeout_s is not None:
+            env[BODY_TIMEOUT_ENV] = str(self.body_timeout_s)
         # A registry needs none of MLflow's background jobs (GenAI evaluation): without them
         # the server starts faster and runs no pool of job consumers.
         env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")

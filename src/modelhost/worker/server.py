@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
@@ -74,33 +73,17 @@ def _enter_model_environment(settings: ServeSettings, local_path: str) -> None:
 def serve_versions(settings: ServeSettings) -> None:
     """Serve the versions of one registered model, loading and unloading them as told.
 
-    Besides its TCP port, it listens on the Unix socket `settings.uds`, if given: the gateway
-    reaches it there, for less work per request on both sides than over TCP.
+    It serves only on the Unix socket `modelhost up` created and handed over (`settings.fd`):
+    no TCP port, and no path this process needs to reach (control/servers.py says why).
     """
-    log.info("Serving model versions on http://%s:%s/versions", settings.host, settings.port)
+    if settings.fd is None:
+        raise RuntimeError("A platform model server needs --fd: `modelhost up` starts it.")
+    listener = socket.socket(fileno=settings.fd)
+    log.info("Serving model versions on the socket %s", listener.getsockname())
     settings = dataclasses.replace(settings, workers=1)
     settings.export()  # the app is built from it
-    sockets = [_tcp_socket(settings.host, settings.port)]
-    if settings.uds:
-        sockets.append(_unix_socket(settings.uds))
     config = uvicorn.Config("modelhost.worker.app:create_platform_app", **_options(settings))
-    uvicorn.Server(config).run(sockets)
-
-
-def _tcp_socket(host: str, port: int) -> socket.socket:
-    tcp = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    tcp.bind((host, port))
-    return tcp
-
-
-def _unix_socket(path: str) -> socket.socket:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)  # left by a server that died
-    unix = socket.socket(socket.AF_UNIX)
-    unix.bind(path)
-    os.chmod(path, 0o600)  # the gateway's user only
-    return unix
+    uvicorn.Server(config).run([listener])
 
 
 def _run(factory: str, settings: ServeSettings) -> None:
