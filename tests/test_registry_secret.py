@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
 import secrets
 import socket
@@ -21,9 +20,8 @@ from pathlib import Path
 import httpx
 import mlflow
 import pytest
-from mlflow import MlflowClient
 from sklearn.linear_model import LogisticRegression
-from support import Platform
+from support import Platform, signed_in_as
 
 from modelhost.gateway.proxy import Upstream
 
@@ -121,26 +119,16 @@ def test_the_registry_port_bounds_slow_and_bloated_heads(platform):
 
 
 def test_mlflows_client_logs_and_reads_artifacts_through_the_gateway(platform, iris, tmp_path):
-    before = os.environ.get("MLFLOW_TRACKING_TOKEN")
-    os.environ["MLFLOW_TRACKING_TOKEN"] = ADMIN_TOKEN
-    mlflow.set_tracking_uri(platform.url)
-    try:
+    with signed_in_as(platform.url, ADMIN_TOKEN) as client:
         mlflow.set_experiment("registry secret")  # not one another module's platform made
         with mlflow.start_run():
             info = mlflow.sklearn.log_model(
                 LogisticRegression(max_iter=1000).fit(iris, [0, 1, 2] * 50), name="model",
                 registered_model_name="logged", pip_requirements=["scikit-learn"],
             )  # fmt: skip
-        client = MlflowClient()
         assert client.get_model_version("logged", "1").status == "READY"
         local = mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(tmp_path))
         assert (Path(local) / "MLmodel").is_file()
-    finally:
-        mlflow.set_tracking_uri(None)
-        if before is None:
-            os.environ.pop("MLFLOW_TRACKING_TOKEN", None)
-        else:
-            os.environ["MLFLOW_TRACKING_TOKEN"] = before
 
 
 def test_the_secret_is_only_in_memory(platform):
