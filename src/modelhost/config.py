@@ -33,7 +33,6 @@ class ServeSettings:
     max_body_mb: float = 16.0
     timeout_s: float = 60.0
     env_manager: str = EnvManager.AUTO.value  # one of EnvManager
-    uds: str | None = None  # unused: platform servers are handed their socket (`fd`)
     fd: int | None = None  # a platform server's listening Unix socket, handed over open
     # Where the model's artifacts were downloaded to; set once by the parent process.
     local_path: str | None = None
