@@ -288,6 +288,8 @@ def test_files_follow_their_experiment_and_their_registered_model(attack, tmp_pa
     # Paths that name no experiment, or would read differently behind the gateway.
     for path in (f"{store}mine/x", f"{store}%2531/x", "/api/2.0/mlflow-artifacts/artifacts"):
         assert attack.send("stranger", "GET", path)[0] in (400, 403), path
+    # An id is no pattern: `_` would be a wildcard when finding the versions files back.
+    assert attack.send("stranger", "GET", f"{store}1/models/m-a_b/artifacts/x")[0] == 400
 
 
 def test_creators_manage_their_experiments_and_uploads_are_bounded(attack, tmp_path):

@@ -25,7 +25,9 @@ from modelhost.asgi import Scope, held, no_body
 from modelhost.errors import InvalidInput, PermissionDenied
 
 RUN_ID = re.compile(r"[0-9a-f]{32}")
-ID = re.compile(r"[\w-]+")
+# Run, logged model and experiment ids: hex, `m-<hex>`, digits. No `_` or `%`, which would be
+# wildcards in the LIKE filter that finds the versions an id's files back.
+ID = re.compile(r"[A-Za-z0-9-]+")
 MODEL_VERSIONS_TAG = "mlflow.modelVersions"  # set on a logged model for each version made of it
 KNOWN_LIMIT = 100_000  # runs and logged models remembered; past it, start again empty
 MAX_NAMED = 100  # experiments or runs one request may name
