@@ -15,7 +15,6 @@ import asyncio
 import logging
 import shutil
 import tempfile
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,19 +86,10 @@ class Cluster:
 
 
 class Controller:
-    """Reconciles every `interval_s`; the gateway reads `routes`.
-
-    `secrets` are values the gateway holds that model code must never see, besides the admin
-    token and what the scrub drops by name (control/scrub.py).
-    """
+    """Reconciles every `interval_s`; the gateway reads `routes`."""
 
     def __init__(
-        self,
-        settings: UpSettings,
-        registry_url: str,
-        store: StateStore,
-        interval_s: float = 1.0,
-        secrets: Iterable[str] = (),
+        self, settings: UpSettings, registry_url: str, store: StateStore, interval_s: float = 1.0
     ) -> None:
         self.registry = MlflowClient(tracking_uri=registry_url, registry_uri=registry_url)
         self.registry_url = registry_url
@@ -111,9 +101,9 @@ class Controller:
         ]  # fmt: skip
         # Model code reaches its files by real paths: it may not pass where a link lies.
         home = settings.home.resolve()
-        self.isolation = Isolation.for_platform(
-            home, settings.model_user, [settings.admin_token, *secrets]
-        )
+        # The admin token may come as a flag; the scrub drops the gateway's variables by name
+        # (the registry's secret among them, as MLFLOW_TRACKING_TOKEN) and their values.
+        self.isolation = Isolation.for_platform(home, settings.model_user, [settings.admin_token])
         # The model servers' Unix sockets: a short path (sockets allow ~100 bytes), in a folder
         # only this user may enter (0700), so no model's code can reach any server's socket.
         self.sockets = Path(tempfile.mkdtemp(prefix="modelhost-"))
