@@ -245,12 +245,14 @@ def up(**options: object) -> None:
     """Run modelhost: the MLflow registry and the gateway in front of it, on one port."""
     from modelhost.auth.setup import AuthSetupError
     from modelhost.control.isolation import IsolationError
-    from modelhost.up import run
+    from modelhost.up import SetupError, run
 
     try:
         run(UpSettings(**options))  # type: ignore[arg-type]
     except AuthSetupError as e:
         raise click.UsageError(str(e)) from None
+    except SetupError as e:
+        raise click.UsageError(e.message) from None
     except IsolationError as e:
         raise click.ClickException(e.message) from None
 

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import signal
+import socket
+import tempfile
 
 import uvicorn
+import uvloop
 
-from modelhost.auth.setup import auth_required, protect
-from modelhost.config import UpSettings
+from modelhost.auth.setup import auth_required, check_admin_token, protect
+from modelhost.config import EnvManager, UpSettings
 from modelhost.control.controller import Controller
+from modelhost.control.isolation import Isolation
+from modelhost.control.routes import RouteBoard
+from modelhost.control.serving import ServingControl
 from modelhost.control.store import StateStore
+from modelhost.errors import ModelhostError
 from modelhost.gateway.app import Gateway
 from modelhost.gateway.client_limits import ClientLimits
 from modelhost.gateway.paths import Normalized
@@ -25,10 +34,35 @@ log = logging.getLogger("modelhost")
 REGISTRY_CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
+class SetupError(ModelhostError):
+    """`modelhost up` cannot start with these settings; the message says which to change."""
+
+
 def run(settings: UpSettings) -> None:
     """Run until interrupted; everything started here is stopped on the way out."""
-    signing_in = auth_required(settings)  # before anything starts: it may refuse the settings
-    settings.home.mkdir(parents=True, exist_ok=True)
+    # Whatever can be wrong with the settings is found before anything starts.
+    signing_in = auth_required(settings)
+    check_admin_token(settings.admin_token)
+    _check_home(settings)
+    listener = _bind(settings)
+    with listener:
+        # Model code reaches its files by real paths: it may not pass where a link lies. The
+        # admin token may come as a flag: the scrub drops the gateway's variables by name (the
+        # registry's secret among them, as MLFLOW_TRACKING_TOKEN) and their values.
+        isolation = Isolation.for_platform(
+            settings.home.resolve(), settings.model_user, [settings.admin_token]
+        )
+        store = StateStore.in_home(settings.home)
+        _run(settings, signing_in, listener, isolation, store)
+
+
+def _run(
+    settings: UpSettings,
+    signing_in: bool,
+    listener: socket.socket,
+    isolation: Isolation,
+    store: StateStore,
+) -> None:
     for name, value in REGISTRY_CLIENT_ENV.items():
         os.environ.setdefault(name, value)
     embedded = None
@@ -46,23 +80,23 @@ def run(settings: UpSettings) -> None:
             # (the controller's, the demo's) send MLFLOW_TRACKING_TOKEN as a Bearer token.
             os.environ["MLFLOW_TRACKING_TOKEN"] = embedded.secret
         assert registry_url is not None
-        store = StateStore.in_home(settings.home)
         url = f"http://{settings.host}:{settings.port}"
         if settings.demo:
             _serve_demo(registry_url, store, url, signing_in)
-        log.info("modelhost is up on %s; point MLflow at it: MLFLOW_TRACKING_URI=%s", url, url)
-        controller = Controller(settings, registry_url, store)
-        gateway = Gateway(settings, registry_url, controller, embedded.secret if embedded else None)
+        board = RouteBoard()
+        controller = Controller(settings, registry_url, store, board, isolation)
+        control = ServingControl(
+            store, registry_url, EnvManager(settings.env_manager).value, board,
+            controller.nudge, controller.log_path,
+        )  # fmt: skip
+        gateway = Gateway(settings, registry_url, control, embedded.secret if embedded else None)
         limits = ClientLimits(
             header_timeout_s=settings.header_timeout_s, body_timeout_s=settings.body_timeout_s
         )
-        uvicorn.run(
+        config = uvicorn.Config(
             # One path per request, before auth judges it (gateway/paths.py).
             Normalized(protect(gateway, settings, store) if signing_in else gateway),
-            host=settings.host,
-            port=settings.port,
             http=limits.protocol(),  # httptools, with bounds on slow and bloated requests
-            loop="uvloop",
             lifespan="on",
             access_log=False,
             proxy_headers=False,  # the peer's own address counts, never X-Forwarded-For
@@ -70,9 +104,58 @@ def run(settings: UpSettings) -> None:
             log_level="info",
             timeout_graceful_shutdown=10,
         )
+        log.info("modelhost is up on %s; point MLflow at it: MLFLOW_TRACKING_URI=%s", url, url)
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(_serve(uvicorn.Server(config), controller, listener))
     finally:
         if embedded:
             embedded.stop()
+
+
+async def _serve(server: uvicorn.Server, controller: Controller, listener: socket.socket) -> None:
+    """The gateway and the controller on one event loop, until Ctrl-C or SIGTERM; then the
+    gateway stops first (answering what it holds), then the model servers."""
+    controlling = asyncio.create_task(controller.run(), name="controller")
+    # The server catches the signal, shuts down, then raises it again for whoever set the
+    # handlers before it: here, nobody needs to hear it again, only to stop what runs.
+    before = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        await server.serve(sockets=[listener])
+    finally:
+        controlling.cancel()
+        await asyncio.gather(controlling, return_exceptions=True)
+        await controller.stop()
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def _check_home(settings: UpSettings) -> None:
+    """The home must be a folder this user can write in."""
+    try:
+        settings.home.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=settings.home):
+            pass
+    except OSError as e:
+        raise SetupError(
+            f"The home {settings.home} cannot be used: {e.strerror or e}. Pick another with "
+            "--home or MODELHOST_HOME."
+        ) from None
+
+
+def _bind(settings: UpSettings) -> socket.socket:
+    """The gateway's listening socket, bound now so that a taken port stops us at once."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((settings.host.strip("[]"), settings.port))
+    except OSError as e:
+        listener.close()
+        raise SetupError(
+            f"Cannot listen on {settings.host}:{settings.port}: {e.strerror or e}. Pick another "
+            "port with --port or MODELHOST_PORT (or stop what uses it)."
+        ) from None
+    return listener
 
 
 def _serve_demo(registry_url: str, store: StateStore, url: str, signing_in: bool) -> None:

@@ -48,15 +48,20 @@ def auth_required(settings: UpSettings) -> bool:
     return True
 
 
+def check_admin_token(admin_token: str | None) -> None:
+    """A chosen admin token must be long enough to be a secret."""
+    if admin_token is not None and len(admin_token) < tokens.MIN_CHOSEN_LENGTH:
+        raise AuthSetupError(
+            f"MODELHOST_ADMIN_TOKEN is shorter than {tokens.MIN_CHOSEN_LENGTH} characters: "
+            """make one with python -c 'import secrets; print(secrets.token_urlsafe(32))'."""
+        )
+
+
 def bootstrap_admin(store: AuthStore, admin_token: str | None) -> str | None:
     """The first admin: with MODELHOST_ADMIN_TOKEN's token, or a new one returned to print."""
+    check_admin_token(admin_token)
     snapshot = store.snapshot()
     if admin_token is not None:
-        if len(admin_token) < tokens.MIN_CHOSEN_LENGTH:
-            raise AuthSetupError(
-                f"MODELHOST_ADMIN_TOKEN is shorter than {tokens.MIN_CHOSEN_LENGTH} characters: "
-                """make one with python -c 'import secrets; print(secrets.token_urlsafe(32))'."""
-            )
         if ADMIN not in snapshot.principals:
             store.create_principal(ADMIN, Kind.USER, admin=True)
         store.set_token(ADMIN, ADMIN_ENV_TOKEN_ID, admin_token)

@@ -19,7 +19,7 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 
@@ -42,7 +42,6 @@ from modelhost.control.requirements import (
     read_requirements,
     unmet_here,
 )
-from modelhost.control.servers import server_key
 from modelhost.errors import ModelhostError
 
 log = logging.getLogger("modelhost.controller")
@@ -52,9 +51,10 @@ PREPARING_THREADS = 4  # builds, downloads: slow, and mostly waiting on disk, ne
 _FORMATTER = logging.Formatter(logs.FORMAT)
 
 Record = Callable[[str, str, str], None]  # (name, message, version): an event
+PreparationKey = tuple[str, str, str]  # (registered model name, version, env_manager)
 
 
-class PlacementState(StrEnum):
+class PreparationState(StrEnum):
     PREPARING = "PREPARING"
     PREPARED = "PREPARED"
     FAILED = "FAILED"
@@ -68,24 +68,31 @@ class Stopping(Exception):
     """modelhost is stopping: the preparation in progress gives up."""
 
 
-@dataclass
-class Placement:
-    """One version's preparation with one env_manager: how far it got, and where it runs."""
+@dataclass(frozen=True)
+class Preparation:
+    """One version's preparation with one env_manager: how far it got, and what it made."""
 
+    name: str
     version: str
     manager: str
-    state: PlacementState = PlacementState.PREPARING
+    state: PreparationState = PreparationState.PREPARING
     message: str = "Fetching the version's artifacts."
     local_path: Path | None = None
     environment: Environment | None = None
     failures: int = 0  # failed preparations of this version in a row
-    retry_at: float | None = None  # when a failed preparation may be tried again
-    task: asyncio.Task[None] | None = field(default=None, repr=False)
+    retry_at: float | None = None  # when a failed preparation may be tried again (loop clock)
 
     @property
-    def key(self) -> str | None:
-        """The model server it goes to, once prepared."""
-        return server_key(self.environment) if self.environment is not None else None
+    def key(self) -> PreparationKey:
+        return (self.name, self.version, self.manager)
+
+
+@dataclass
+class Placement:
+    """A preparation under way: its thread updates `shown`, a new frozen value each step."""
+
+    shown: Preparation
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
 class VersionLog:
@@ -104,86 +111,121 @@ class VersionLog:
 
 
 class Preparer:
-    """Prepares versions on its own threads; `start` returns at once, the placement updates."""
+    """Prepares versions on its own threads; `start` returns at once, `view()` shows progress."""
 
-    def __init__(self, home: Path, registry_url: str, record: Record, isolation: Isolation) -> None:
+    def __init__(
+        self,
+        home: Path,
+        registry_url: str,
+        record: Record,
+        isolation: Isolation,
+        logs: Callable[[str], Path],
+        changed: Callable[[], None],
+    ) -> None:
         self.isolation = isolation
         self.models = home / "models"
         self.envs = home / "envs"
         self.registry_url = registry_url
         self.registry = MlflowClient(tracking_uri=registry_url, registry_uri=registry_url)
         self.record = record  # (name, message, version) events, thread-safe
+        self.logs = logs  # a model's name -> its log file
+        self.changed = changed  # called on the event loop when a preparation ends
         self._pool = ThreadPoolExecutor(PREPARING_THREADS, thread_name_prefix="modelhost-prepare")
+        self._placements: dict[PreparationKey, Placement] = {}
         self._stopping = False
 
+    def view(self) -> dict[PreparationKey, Preparation]:
+        return {key: placement.shown for key, placement in self._placements.items()}
+
     def start(
-        self, name: str, version: str, manager: str, identity: str, log_path: Path, failures: int
-    ) -> Placement:
+        self, name: str, version: str, manager: str, identity: str, failures: int = 0
+    ) -> None:
         """Begin preparing `version` of `name`; `identity` tells its artifacts from others'."""
-        placement = Placement(version, manager, failures=failures)
-        version_log = VersionLog(log_path, version)
+        self.forget((name, version, manager))
+        placement = Placement(Preparation(name, version, manager, failures=failures))
+        self._placements[placement.shown.key] = placement
+        version_log = VersionLog(self.logs(name), version)
         placement.task = asyncio.create_task(
-            self._run(name, placement, identity, version_log), name=f"prepare {name} {version}"
+            self._run(placement, identity, version_log), name=f"prepare {name} {version}"
         )
-        return placement
+
+    def forget(self, key: PreparationKey) -> None:
+        """Drop a preparation, giving it up if it still runs."""
+        placement = self._placements.pop(key, None)
+        if placement is not None and placement.task is not None:
+            placement.task.cancel()
 
     def stop(self) -> None:
         """Give up the preparations in progress (builds stop at uv's next line of output)."""
         self._stopping = True
+        for key in list(self._placements):
+            self.forget(key)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    async def _run(
-        self, name: str, placement: Placement, identity: str, version_log: VersionLog
-    ) -> None:
+    async def _run(self, placement: Placement, identity: str, version_log: VersionLog) -> None:
         loop = asyncio.get_running_loop()
+        shown = placement.shown
         try:
             local_path, environment = await loop.run_in_executor(
-                self._pool, self._prepare, name, placement, identity, version_log
+                self._pool, self._prepare, placement, identity, version_log
             )
         except (EnvironmentFailed, RequirementsError) as e:
-            self._fail(name, placement, e.message, version_log)
+            self._fail(placement, e.message, version_log)
         except Stopping:
-            pass
+            return
         except Exception as e:  # the registry, the artifact store or the disk: say what it was
             for line in traceback.format_exc().splitlines():
                 version_log(line, logging.ERROR)
             message = (
                 e.message
                 if isinstance(e, FetchFailed)
-                else f"Could not prepare version {placement.version}: {type(e).__name__}: {e}"
+                else f"Could not prepare version {shown.version}: {type(e).__name__}: {e}"
             )
-            self._fail(name, placement, message, version_log)
+            self._fail(placement, message, version_log)
         else:
-            placement.local_path, placement.environment = local_path, environment
-            placement.state, placement.message = PlacementState.PREPARED, "Prepared."
-            placement.failures = 0
+            placement.shown = replace(
+                shown,
+                state=PreparationState.PREPARED,
+                message="Prepared.",
+                local_path=local_path,
+                environment=environment,
+                failures=0,
+                retry_at=None,
+            )
+        self.changed()
 
-    def _fail(self, name: str, placement: Placement, message: str, version_log: VersionLog) -> None:
+    def _fail(self, placement: Placement, message: str, version_log: VersionLog) -> None:
         loop = asyncio.get_running_loop()
-        placement.failures += 1
-        delay = retry_delay(placement.failures)
-        placement.retry_at = loop.time() + delay
-        placement.state, placement.message = PlacementState.FAILED, message
-        version_log(f"Version {placement.version} failed to load: {message}", logging.ERROR)
+        shown = placement.shown
+        failures = shown.failures + 1
+        delay = retry_delay(failures)
+        placement.shown = replace(
+            shown,
+            state=PreparationState.FAILED,
+            message=message,
+            failures=failures,
+            retry_at=loop.time() + delay,
+        )
+        version_log(f"Version {shown.version} failed to load: {message}", logging.ERROR)
         version_log(
             f"Trying again in {delay // 60} min, or when serving is turned on again or its "
             "env_manager changes.",
             logging.ERROR,
         )
-        log.warning("Version %s of %s cannot be served: %s", placement.version, name, message)
+        log.warning("Version %s of %s cannot be served: %s", shown.version, shown.name, message)
 
     def _prepare(
-        self, name: str, placement: Placement, identity: str, version_log: VersionLog
+        self, placement: Placement, identity: str, version_log: VersionLog
     ) -> tuple[Path, Environment]:
         """On a preparing thread: fetch, read, build. Raises what stops the version."""
         started = time.monotonic()
-        version = placement.version
+        name, version = placement.shown.name, placement.shown.version
         local_path = self._fetch(name, version, identity, version_log)
         requirements = read_requirements(local_path)
-        manager = EnvManager(placement.manager)
+        manager = EnvManager(placement.shown.manager)
         if _will_build(requirements, manager, self.envs):
             declared = requirements.source or "no requirements"
-            placement.message = (
+            message = (
                 f"Building the Python environment the model declares ({declared}); see the "
                 "version's logs."
             )
@@ -191,7 +233,8 @@ class Preparer:
                 name, f"Version {version}: building the Python environment it declares.", version
             )
         else:
-            placement.message = "Preparing the Python environment the model declares."
+            message = "Preparing the Python environment the model declares."
+        placement.shown = replace(placement.shown, message=message)  # one assignment: safe
 
         def build_log(line: str) -> None:
             if self._stopping:  # raised inside the build's output loop, which then kills uv

@@ -26,10 +26,6 @@ from modelhost.control.environments import Environment
 from modelhost.control.isolation import Isolation
 from modelhost.processes import stop_group
 
-# The key of the server that runs in the interpreter running modelhost: every version whose
-# needs it satisfies shares it, whatever their requirements' own cache keys.
-CURRENT = "current"
-
 
 def server_log(logs: Path, name: str) -> Path:
     """A file of its own for any registered model name (names may hold spaces, slashes...)."""
@@ -65,13 +61,8 @@ def bind_socket(path: Path) -> socket.socket:
     return listener
 
 
-def server_key(environment: Environment) -> str:
-    """Which server of a model runs versions prepared with `environment`."""
-    return CURRENT if environment.current else environment.key
-
-
 class ModelServerProcess:
-    """One `modelhost worker` holding the versions of one model that share one environment.
+    """One run of a `modelhost worker` holding the versions of one model in one environment.
 
     Every server of a model writes to the model's one log file, so the model's logs (and each
     version's lines in them) read the same however many environments it needs.
@@ -87,31 +78,22 @@ class ModelServerProcess:
         sockets: Path,
     ) -> None:
         self.name = name
-        self.sockets = sockets  # the folder of the servers' Unix sockets
         self.environment = environment
-        self.key = server_key(environment)
         self.isolation = isolation
         self.log_path = server_log(logs, name)
         self.options = options  # `modelhost worker` flags
-        self.number = 0  # names its socket; the routes' and the gateway's key for it
-        self.socket = Path()
+        self.number = next(_numbers)  # names its socket; the routes' and the gateway's key
+        self.socket = socket_path(sockets, self.number)
         self.scratch: Path | None = None  # as the model user: its only writable folder
         self.process: subprocess.Popen[bytes] | None = None
-        self.client: httpx.AsyncClient | None = None
-        self.up = False  # it has answered GET /versions since it started
-        self.restarts = 0
-        self.restart_at: float | None = None  # set once it is seen dead
-
-    def describe(self) -> str:
-        """How events and logs name this server."""
-        if self.environment.current:
-            return "The model server"
-        return f"The model server in environment {self.environment.key}"
+        # Its control calls: health checks, and which versions to hold.
+        self.client = httpx.AsyncClient(
+            transport=httpx.AsyncHTTPTransport(uds=str(self.socket)),
+            base_url="http://model-server",
+        )
 
     def start(self) -> None:
-        self.number = next(_numbers)
-        self.socket = socket_path(self.sockets, self.number)
-        self.up = False
+        """Start the process (blocking briefly: isolation may add a group first)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         group = self.isolation.group(f"model:{self.name}")
         extra_groups: list[int] = []
@@ -135,42 +117,19 @@ class ModelServerProcess:
                 cwd=self.scratch,
                 **self.isolation.process_options(group, extra_groups),
             )  # fmt: skip
-        self.client = httpx.AsyncClient(
-            transport=httpx.AsyncHTTPTransport(uds=str(self.socket)),
-            base_url="http://model-server",
-            timeout=10,
-        )
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    async def held(self) -> dict[str, dict] | None:
-        """The versions it holds, by name, with their states; None while it does not answer."""
-        assert self.client is not None, "started"
-        try:
-            answer = await self.client.get("/versions")
-        except httpx.TransportError:
-            return None
-        self.up = True
-        return {v["version"]: v for v in answer.json()["versions"]}
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode if self.process is not None else None
 
-    async def hold(self, version: str, model_uri: str, local_path: Path) -> None:
-        assert self.client is not None, "started"
-        self.isolation.let_through()  # loading reads the version's files as the model user
-        await self.client.put(
-            f"/versions/{version}", json={"model_uri": model_uri, "local_path": str(local_path)}
-        )
-
-    async def release(self, version: str) -> None:
-        assert self.client is not None, "started"
-        await self.client.delete(f"/versions/{version}")
-
-    async def stop(self) -> None:
-        self.up = False
-        if self.client is not None:
-            await self.client.aclose()
+    async def stop(self, grace_s: float = 15) -> None:
+        """Stop it (SIGKILL at once with `grace_s` 0: a hung server handles no SIGTERM)."""
+        await self.client.aclose()
         if self.process is not None:
-            await asyncio.to_thread(stop_group, self.process, 15)
-            self.socket.unlink(missing_ok=True)
+            await asyncio.to_thread(stop_group, self.process, grace_s)
+        self.socket.unlink(missing_ok=True)
         if self.scratch is not None:
             shutil.rmtree(self.scratch, ignore_errors=True)

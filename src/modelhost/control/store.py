@@ -105,13 +105,18 @@ class StateStore:
             return changed.rowcount > 0
 
     def record(
-        self, name: str, message: str, version: str | None = None, actor: str | None = None
+        self,
+        name: str,
+        message: str,
+        version: str | None = None,
+        actor: str | None = None,
+        at: float | None = None,
     ) -> None:
         """An event of registered model (or grant prefix) `name`; `actor` is who caused it."""
         with self.engine.begin() as db:
             db.execute(
                 events.insert().values(
-                    timestamp=time.time(),
+                    timestamp=time.time() if at is None else at,
                     registered_model_name=name,
                     endpoint_version_name=version,
                     message=message,

@@ -11,7 +11,8 @@ import orjson
 
 from modelhost.asgi import Receive, Scope, Send, read_body, refuse_method, respond
 from modelhost.config import UpSettings
-from modelhost.control.controller import Controller
+from modelhost.control.routes import ServerAddress, VersionState
+from modelhost.control.serving import ServingControl
 from modelhost.errors import (
     LengthRequired,
     ModelhostError,
@@ -43,17 +44,16 @@ class Gateway:
         self,
         settings: UpSettings,
         registry_url: str,
-        controller: Controller,
+        control: ServingControl,
         registry_secret: str | None = None,  # the embedded registry's, sent in place of callers'
     ) -> None:
         self.settings = settings
         self.registry_url = registry_url
         self.registry_secret = registry_secret
-        self.controller = controller
-        self.serving_api = ServingAPI(controller)
+        self.control = control
+        self.serving_api = ServingAPI(control)
         self._registry: Upstream | None = None
-        self._pools: dict[int, ConnectionPool] = {}  # by model server (its port)
-        self._controlling: asyncio.Task[None] | None = None
+        self._pools: dict[int, ConnectionPool] = {}  # by model server (its number)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -75,12 +75,8 @@ class Gateway:
                     bearer=self.registry_secret,
                     max_per_client=self.settings.registry_requests_per_client,
                 )
-                self._controlling = asyncio.create_task(self.controller.run(), name="controller")
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                if self._controlling:
-                    self._controlling.cancel()
-                await self.controller.stop()
                 if self._registry:
                     await self._registry.close()
                 for pool in self._pools.values():
@@ -130,28 +126,32 @@ class Gateway:
 
     async def _score(self, scope: Scope, receive: Receive, send: Send, name: str, ref: str) -> None:
         """/model/<name>/<version | stage | alias>/invocations, to the model's server."""
-        headers: tuple[tuple[bytes, bytes], ...] = ()
+        retry = ((b"retry-after", b"1"),)
         try:
-            version, port = self._route(name, ref)
-            pool = self._pools.get(port) or self._pool(port)
+            version, server = self._route(name, ref)
+            pool = self._pools.get(server.number) or self._pool(server)
             body = await read_body(dict(scope["headers"]), receive, self.settings.max_body_bytes)
             forwarded = [(k, v) for k, v in scope["headers"] if k not in NOT_FORWARDED]
-            async with asyncio.timeout(self.settings.timeout_s + 5):  # the server's own, first
+            # The server times out scoring itself; this bounds a server that answers nothing.
+            async with asyncio.timeout(self.settings.timeout_s):
                 answer = await pool.request(
                     "POST", f"/versions/{version}/invocations", forwarded, body
                 )
         except ModelhostError as e:
-            if isinstance(e, NotReady):
-                headers = ((b"retry-after", b"1"),)
+            headers = retry if isinstance(e, NotReady) else ()
             await respond(send, e.status, e.body(), headers=headers)
             return
         except UpstreamClosed as e:
             error = NotReady(f"The model server of '{name}' is restarting; send again shortly. {e}")
-            await respond(send, error.status, error.body(), headers=((b"retry-after", b"1"),))
+            await respond(send, error.status, error.body(), headers=retry)
             return
         except TimeoutError:
-            error = Timeout(f"The model server of '{name}' did not answer in time.")
-            await respond(send, error.status, error.body())
+            error = Timeout(
+                f"The model server of '{name}' did not answer within {self.settings.timeout_s:g} "
+                "s: the model may be too slow for this input (send fewer rows, or raise "
+                "--timeout), or its server hangs and is being replaced (send again shortly)."
+            )
+            await respond(send, error.status, error.body(), headers=retry)
             return
         await send(
             {
@@ -166,24 +166,26 @@ class Gateway:
         )
         await send({"type": "http.response.body", "body": answer.body})
 
-    def _route(self, name: str, ref: str) -> tuple[str, int]:
-        """The ready version `ref` names and its server's port; NotFound or NotReady."""
-        routes = self.controller.routes.get(name)
+    def _route(self, name: str, ref: str) -> tuple[str, ServerAddress]:
+        """The ready version `ref` names and its server; NotFound or NotReady."""
+        routes = self.control.routes.models.get(name)
         version = routes.resolve(ref) if routes else None
         if routes is None or version is None:
             raise NotFound(f"No served model '{name}' with a version, stage or alias '{ref}'.")
-        state = routes.versions.get(version, {}).get("state")
-        port = routes.ports.get(version)  # the server of the version's environment
-        if port is None or state != "VERSION_STATE_READY":
-            raise NotReady(f"Version {version} of '{name}' is not ready yet; send again shortly.")
-        return version, port
+        route = routes.versions[version]
+        if route.state is not VersionState.READY or route.server is None:
+            raise NotReady(
+                f"Version {version} of '{name}' is not ready yet ({route.message}); send again "
+                "shortly."
+            )
+        return version, route.server
 
-    def _pool(self, port: int) -> ConnectionPool:
+    def _pool(self, server: ServerAddress) -> ConnectionPool:
         """A pool for a new model server; those of servers that are gone are closed."""
-        live = {p for routes in self.controller.routes.values() for p in routes.ports.values()}
+        live = self.control.routes.servers()
         for gone in self._pools.keys() - live:
             self._pools.pop(gone).close()
-        pool = self._pools[port] = ConnectionPool(str(self.controller.socket_path(port)))
+        pool = self._pools[server.number] = ConnectionPool(server.socket)
         return pool
 
     async def _health(self, send: Send) -> None:

@@ -9,14 +9,14 @@ from pathlib import Path
 from urllib.parse import parse_qs
 
 import orjson
-from mlflow.exceptions import MlflowException
 
 from modelhost import logs
 from modelhost.asgi import Receive, Scope, Send, read_body, refuse_method, respond
 from modelhost.auth import ACTOR
 from modelhost.config import EnvManager
-from modelhost.control.controller import Controller
-from modelhost.errors import InvalidInput, ModelhostError, NotFound
+from modelhost.control.routes import EndpointState
+from modelhost.control.serving import ServingControl
+from modelhost.errors import InvalidInput, ModelhostError, NotFound, NotReady
 
 LOG_LINES = 2000  # the tail of a model server's log that `logs` returns
 LOG_BYTES = 8 * 1024 * 1024  # read from the end of the log, to find those lines in
@@ -34,9 +34,8 @@ class ServingAPI:
     version.
     """
 
-    def __init__(self, controller: Controller) -> None:
-        self.controller = controller
-        self.store = controller.store
+    def __init__(self, control: ServingControl) -> None:
+        self.control = control
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, action: str) -> None:
         method = ACTIONS.get(action)
@@ -46,72 +45,62 @@ class ServingAPI:
         try:
             body = await self._dispatch(scope, receive, action)
         except ModelhostError as e:
-            await respond(send, e.status, e.body())
+            headers = ((b"retry-after", b"1"),) if isinstance(e, NotReady) else ()
+            await respond(send, e.status, e.body(), headers=headers)
             return
         await respond(send, HTTPStatus.OK, orjson.dumps(body))
 
     async def _dispatch(self, scope: Scope, receive: Receive, action: str) -> dict:
         method = scope["method"]
+        control = self.control
         if method == "POST" and action in ("enable", "disable", "update-settings"):
             name, fields = await self._name_from_body(scope, receive)
             actor = scope.get(ACTOR)  # who asked, once signed in: an audit event
             if action == "enable":
-                self._must_exist(name)
-                manager = _env_manager(fields, required=False)
-                if self.store.enable(name):
-                    self.store.record(name, "Serving turned on.", actor=actor)
-                if manager is not None:
-                    self._set_env_manager(name, manager, actor)
+                await control.enable(name, _env_manager(fields, required=False), actor)
             elif action == "update-settings":
-                self._must_be_served(name)
-                self._set_env_manager(name, _env_manager(fields, required=True), actor)
+                await control.update_settings(name, _env_manager(fields, required=True), actor)
             else:
-                self._must_be_served(name)
-                if self.store.disable(name):
-                    self.store.record(name, "Serving turned off.", actor=actor)
-            self.controller.nudge()
+                await control.disable(name, actor)
             return {}
         if method != "GET":
             raise NotFound(f"No route {method} {scope['path']}.")
         query = parse_qs(scope.get("query_string", b"").decode())
         if action == "list":
-            return {"endpoints": [self._status(n) for n in self.store.enabled()]}
+            return {"endpoints": [await self._status(n) for n in await control.served()]}
         name = _one(query, "registered_model_name")
-        self._must_be_served(name)
+        await control.must_be_served(name)
         if action == "get-status":
-            return {"endpoint_status": self._status(name)}
+            return {"endpoint_status": await self._status(name)}
         if action == "list-versions":
-            routes = self.controller.routes.get(name)
+            routes = control.routes.models.get(name)
             versions = routes.versions if routes else {}
             return {
                 "endpoint_versions": [
-                    {"registered_model_name": name, "endpoint_version_name": v, **shown}
-                    for v, shown in sorted(versions.items(), key=lambda item: int(item[0]))
+                    {
+                        "registered_model_name": name,
+                        "endpoint_version_name": version,
+                        "state": route.state.value,
+                        "state_message": route.message,
+                    }
+                    for version, route in sorted(versions.items(), key=lambda item: int(item[0]))
                 ]
             }
         if action == "events":
-            return {"events": self.store.events(name)}
+            return {"events": await control.events(name)}
         if action == "logs":
             version = query.get("endpoint_version_name", [None])[0]
-            path = self.controller.log_path(name)
-            return {"logs": await asyncio.to_thread(_tail, path, version)}
+            return {"logs": await asyncio.to_thread(_tail, control.log_path(name), version)}
         raise NotFound(f"No serving action {action!r}.")
 
-    def _status(self, name: str) -> dict:
-        routes = self.controller.routes.get(name)
-        state = routes.state if routes else "ENDPOINT_STATE_PENDING"
-        message = routes.message if routes else "Starting the model server."
-        settings = {"env_manager": self.controller.env_manager(name)}
+    async def _status(self, name: str) -> dict:
+        routes = self.control.routes.models.get(name)
         return {
             "registered_model_name": name,
-            "state": state,
-            "state_message": message,
-            "settings": settings,
+            "state": (routes.state if routes else EndpointState.PENDING).value,
+            "state_message": routes.message if routes else "Starting the model server.",
+            "settings": await self.control.settings(name),
         }
-
-    def _set_env_manager(self, name: str, manager: str, actor: str | None) -> None:
-        if self.store.set_env_manager(name, manager):
-            self.store.record(name, f"env_manager set to {manager}.", actor=actor)
 
     async def _name_from_body(self, scope: Scope, receive: Receive) -> tuple[str, dict]:
         """The registered model a POST names, and every field of its body."""
@@ -124,20 +113,6 @@ class ServingAPI:
         if not isinstance(name, str) or not name:
             raise InvalidInput('Send {"registered_model_name": "<name>"}.')
         return name, fields
-
-    def _must_exist(self, name: str) -> None:
-        try:
-            self.controller.registry.get_registered_model(name)
-        except MlflowException as e:
-            if e.error_code == "RESOURCE_DOES_NOT_EXIST":
-                raise NotFound(f"Registered model '{name}' does not exist.") from None
-            if e.error_code == "INVALID_PARAMETER_VALUE":  # a name the registry cannot hold
-                raise InvalidInput(f"{name!r} is not a registered model's name: {e}") from None
-            raise
-
-    def _must_be_served(self, name: str) -> None:
-        if name not in self.store.enabled():
-            raise NotFound(f"Serving is not enabled for '{name}'.")
 
 
 def _tail(path: Path, version: str | None) -> str:

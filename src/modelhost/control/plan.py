@@ -1,0 +1,341 @@
+"""Planning: what should run (desired) and what runs (actual) in; actions and routes out.
+
+A pure function: no process, no network, no clock of its own (`now` is given), so every case
+the platform meets can be tested by building its inputs. The controller calls it after every
+change it hears of, carries out the actions, and publishes the routes.
+
+The rules, per served model:
+- each desired version is prepared with the model's env_manager (artifacts fetched, environment
+  built); a failed preparation is tried again once its back-off is over;
+- a model has one server per environment its prepared versions need, and each server is told to
+  hold exactly the versions prepared for it;
+- a version is ready when its server is up and has loaded it; only then does a route point at it;
+- when env_manager changes, each version serves from where it was until it is ready in the new
+  environment; when a stage or alias moves, it keeps its old version until the new one is ready.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from modelhost.control.placement import Preparation, PreparationKey, PreparationState
+from modelhost.control.routes import (
+    EMPTY,
+    EndpointState,
+    ModelRoutes,
+    RouteTable,
+    VersionRoute,
+    VersionState,
+    empty,
+    frozen,
+)
+from modelhost.control.supervisor import (
+    CURRENT,
+    Health,
+    HeldState,
+    ServerKey,
+    ServerSpec,
+    ServerView,
+    environment_key,
+)
+
+STAGES = ("Production", "Staging")
+
+
+@dataclass(frozen=True)
+class DesiredModel:
+    """What one served model should serve, from its serving settings and the registry."""
+
+    name: str
+    env_manager: str
+    versions: Mapping[str, str] | None = None  # version -> stage; None: the registry not read yet
+    aliases: Mapping[str, str] = field(default_factory=empty)  # alias -> version
+    # Version -> what its artifacts are (source, time)
+    identities: Mapping[str, str] = field(default_factory=empty)
+
+
+@dataclass(frozen=True)
+class Actual:
+    preparations: Mapping[PreparationKey, Preparation] = field(default_factory=empty)
+    servers: Mapping[ServerKey, ServerView] = field(default_factory=empty)
+
+
+@dataclass(frozen=True)
+class Prepare:
+    name: str
+    version: str
+    manager: str
+    identity: str
+    failures: int = 0  # failed preparations of this version in a row, for its back-off
+
+
+@dataclass(frozen=True)
+class Forget:
+    """Give up a preparation (stopping it if it runs): its version is gone or served elsewhere."""
+
+    key: PreparationKey
+
+
+@dataclass(frozen=True)
+class StartServer:
+    spec: ServerSpec
+
+
+@dataclass(frozen=True)
+class StopServer:
+    key: ServerKey
+
+
+@dataclass(frozen=True)
+class Hold:
+    key: ServerKey
+    version: str
+    model_uri: str
+    local_path: Path
+
+
+@dataclass(frozen=True)
+class Release:
+    key: ServerKey
+    version: str
+
+
+@dataclass(frozen=True)
+class Record:
+    """An event of the model's."""
+
+    name: str
+    message: str
+    version: str | None = None
+
+
+Action = Prepare | Forget | StartServer | StopServer | Hold | Release | Record
+
+
+@dataclass(frozen=True)
+class Plan:
+    actions: tuple[Action, ...]
+    routes: RouteTable
+
+
+def plan(
+    desired: Mapping[str, DesiredModel], actual: Actual, before: RouteTable, now: float
+) -> Plan:
+    actions: list[Action] = []
+    models: dict[str, ModelRoutes] = {}
+    for name, model in desired.items():
+        models[name] = _plan_model(model, actual, before.models.get(name), now, actions)
+    gone = (
+        set(before.models)
+        | {name for name, _, _ in actual.preparations}
+        | {name for name, _ in actual.servers}
+    ) - set(desired)
+    for name in sorted(gone):
+        actions.extend(Forget(key) for key in actual.preparations if key[0] == name)
+        actions.extend(StopServer(key) for key in actual.servers if key[0] == name)
+        if name in before.models:
+            actions.append(Record(name, "Serving disabled: the model servers stopped."))
+    return Plan(tuple(actions), RouteTable(frozen(models)))
+
+
+def _plan_model(
+    model: DesiredModel,
+    actual: Actual,
+    before: ModelRoutes | None,
+    now: float,
+    actions: list[Action],
+) -> ModelRoutes:
+    name, manager = model.name, model.env_manager
+    if before is None:
+        message = f"Serving enabled: preparing its versions (env_manager {manager})."
+        actions.append(Record(name, message))
+    elif before.env_manager != manager:
+        actions.append(Record(name, f"env_manager is now {manager}: preparing the versions again."))
+    if model.versions is None:  # nothing known yet: keep what was (servers are looked after)
+        return before or ModelRoutes(
+            message="Reading its versions from the registry.", env_manager=manager
+        )
+    preparations = {
+        (version, with_manager): preparation
+        for (of, version, with_manager), preparation in actual.preparations.items()
+        if of == name
+    }
+    servers = {env: view for (of, env), view in actual.servers.items() if of == name}
+    before_versions = before.versions if before else EMPTY
+
+    _prepare(model, preparations, now, actions)
+    routes: dict[str, VersionRoute] = {}
+    wanted: dict[str, dict[str, Preparation]] = {}  # environment key -> version -> preparation
+    for version in model.versions:
+        current = preparations.get((version, manager))
+        route = _shown(current, servers)
+        previous = [
+            p
+            for (v, m), p in preparations.items()
+            if v == version and m != manager and p.state is PreparationState.PREPARED
+        ]
+        if route.state is VersionState.READY:
+            actions.extend(Forget((name, version, p.manager)) for p in previous)
+            previous = []
+        for p in previous:  # serve on from where it was until the new one is ready
+            old = _shown(p, servers)
+            if old.state is VersionState.READY:
+                message = f"Ready in its previous environment; in the new one: {route.message}"
+                route = VersionRoute(VersionState.READY, message, old.server)
+        for p in [*previous, current]:
+            if p is not None and p.state is PreparationState.PREPARED:
+                assert p.environment is not None, "a prepared version has its environment"
+                wanted.setdefault(environment_key(p.environment), {})[version] = p
+        routes[version] = route
+        _record_change(name, version, route, before_versions.get(version), actions)
+    for version in before_versions.keys() - model.versions.keys():
+        actions.append(Record(name, f"Version {version} is no longer served.", version))
+    for version, with_manager in preparations:
+        if version not in model.versions:
+            actions.append(Forget((name, version, with_manager)))
+
+    _run_servers(name, wanted, servers, actions)
+    refs = _refs(model, routes, before.refs if before else EMPTY)
+    state, message = _endpoint_state(servers, routes)
+    return ModelRoutes(state, message, manager, frozen(routes), frozen(refs))
+
+
+def _prepare(
+    model: DesiredModel,
+    preparations: Mapping[tuple[str, str], Preparation],
+    now: float,
+    actions: list[Action],
+) -> None:
+    """Prepare new versions, and failed ones whose back-off is over."""
+    assert model.versions is not None
+    for version in model.versions:
+        preparation = preparations.get((version, model.env_manager))
+        identity = model.identities.get(version, "")
+        if preparation is None:
+            if not any(v == version for v, _ in preparations):
+                actions.append(Record(model.name, f"Deploying version {version}.", version))
+            actions.append(Prepare(model.name, version, model.env_manager, identity))
+        elif (
+            preparation.state is PreparationState.FAILED
+            and preparation.retry_at is not None
+            and now >= preparation.retry_at
+        ):
+            actions.append(
+                Prepare(model.name, version, model.env_manager, identity, preparation.failures)
+            )
+
+
+def _shown(preparation: Preparation | None, servers: Mapping[str, ServerView]) -> VersionRoute:
+    """A version's route, from its preparation and the server it was prepared for."""
+    if preparation is None:
+        return VersionRoute(VersionState.PENDING, "Waiting to be prepared.")
+    if preparation.state is PreparationState.PREPARING:
+        return VersionRoute(VersionState.PENDING, preparation.message)
+    if preparation.state is PreparationState.FAILED:
+        return VersionRoute(VersionState.FAILED, preparation.message)
+    assert preparation.environment is not None, "a prepared version has its environment"
+    server = servers.get(environment_key(preparation.environment))
+    if server is None or server.health is Health.STARTING:
+        return VersionRoute(VersionState.PENDING, "Starting its model server.")
+    if server.health is not Health.UP:
+        return VersionRoute(VersionState.PENDING, server.message)
+    held = server.versions.get(preparation.version)
+    if held is None:
+        return VersionRoute(VersionState.PENDING, "Loading the model.")
+    if held.state is HeldState.LOADING:
+        return VersionRoute(VersionState.PENDING, held.message)
+    if held.state is HeldState.FAILED:
+        return VersionRoute(VersionState.FAILED, held.message)
+    return VersionRoute(VersionState.READY, held.message, server.address)
+
+
+def _record_change(
+    name: str,
+    version: str,
+    route: VersionRoute,
+    before: VersionRoute | None,
+    actions: list[Action],
+) -> None:
+    if before is not None and before.state is route.state:
+        return
+    if route.state is VersionState.READY:
+        actions.append(Record(name, f"Version {version} is ready.", version))
+    elif route.state is VersionState.FAILED:
+        actions.append(Record(name, f"Version {version} failed: {route.message}", version))
+
+
+def _run_servers(
+    name: str,
+    wanted: Mapping[str, Mapping[str, Preparation]],
+    servers: Mapping[str, ServerView],
+    actions: list[Action],
+) -> None:
+    """A server for each environment the prepared versions need, holding exactly those."""
+    for env in sorted(servers.keys() - wanted.keys()):
+        actions.append(StopServer((name, env)))
+        actions.append(Record(name, f"{describe(env)} stopped: no version needs it now."))
+    for env, versions in wanted.items():
+        server = servers.get(env)
+        if server is None:
+            environment = next(iter(versions.values())).environment
+            assert environment is not None, "a prepared version has its environment"
+            actions.append(StartServer(ServerSpec(name, environment)))
+            continue
+        if server.health is not Health.UP:
+            continue  # told what to hold once it answers
+        for version in sorted(versions.keys() - server.versions.keys(), key=_number):
+            local_path = versions[version].local_path
+            assert local_path is not None, "a prepared version has its artifacts"
+            actions.append(Hold((name, env), version, f"models:/{name}/{version}", local_path))
+        for version in sorted(server.versions.keys() - versions.keys(), key=_number):
+            actions.append(Release((name, env), version))
+
+
+def _refs(
+    model: DesiredModel, routes: Mapping[str, VersionRoute], before: Mapping[str, str]
+) -> dict[str, str]:
+    """Each stage and alias -> the ready version it names; a moved one keeps its old version
+    (if still served and ready) until the new one is ready."""
+    assert model.versions is not None
+    targets = dict(model.aliases)
+    for stage in STAGES:
+        staged = [v for v, s in model.versions.items() if s == stage]
+        if staged:
+            targets[stage] = max(staged, key=_number)
+    ready = {v for v, route in routes.items() if route.state is VersionState.READY}
+    refs = {}
+    for ref, target in targets.items():
+        if target in ready:
+            refs[ref] = target
+        elif before.get(ref) in ready:
+            refs[ref] = before[ref]
+    return refs
+
+
+def _endpoint_state(
+    servers: Mapping[str, ServerView], routes: Mapping[str, VersionRoute]
+) -> tuple[EndpointState, str]:
+    up = [s for s in servers.values() if s.health is Health.UP]
+    if up:
+        many = f"{len(up)} model servers are" if len(up) > 1 else "The model server is"
+        return EndpointState.READY, f"{many} up."
+    if not routes:
+        return EndpointState.READY, "No version to serve."
+    if all(route.state is VersionState.FAILED for route in routes.values()):
+        return EndpointState.FAILED, "No version could be served; see list-versions."
+    if servers:
+        return EndpointState.PENDING, "Starting the model server."
+    return EndpointState.PENDING, "Preparing the versions."
+
+
+def describe(env: str) -> str:
+    """How events name the server of a model that runs in environment `env`."""
+    if env == CURRENT:
+        return "The model server"
+    return f"The model server in environment {env}"
+
+
+def _number(version: str) -> tuple[int, str]:
+    return (int(version), "") if version.isdigit() else (0, version)

@@ -1,0 +1,98 @@
+"""The route table: what the gateway needs to answer `/model/<name>/<ref>/invocations`.
+
+The controller builds a whole new table each time it plans and publishes it in one assignment;
+the gateway reads whichever table is current and never sees one half-updated. Every part is
+frozen: a table that was published never changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+
+EMPTY: Mapping = MappingProxyType({})
+
+
+def empty() -> Mapping:
+    """The default of a mapping field: no entries (a shared read-only one)."""
+    return EMPTY
+
+
+class VersionState(StrEnum):
+    """A served version's state, as the serving API shows it."""
+
+    PENDING = "VERSION_STATE_PENDING"
+    READY = "VERSION_STATE_READY"
+    FAILED = "VERSION_STATE_FAILED"
+
+
+class EndpointState(StrEnum):
+    """A served model's state, as the serving API shows it."""
+
+    PENDING = "ENDPOINT_STATE_PENDING"
+    READY = "ENDPOINT_STATE_READY"
+    FAILED = "ENDPOINT_STATE_FAILED"
+
+
+@dataclass(frozen=True)
+class ServerAddress:
+    """Where the gateway reaches one model server: `number` is never reused while modelhost
+    runs, so a restarted server is a new address and connections to the old one are dropped."""
+
+    number: int
+    socket: str  # its Unix socket
+
+
+@dataclass(frozen=True)
+class VersionRoute:
+    state: VersionState
+    message: str
+    server: ServerAddress | None = None  # set exactly when the version is ready
+
+
+@dataclass(frozen=True)
+class ModelRoutes:
+    """One served model: its versions, and its stages and aliases by the version they name."""
+
+    state: EndpointState = EndpointState.PENDING
+    message: str = "Preparing the versions."
+    env_manager: str = ""  # the env_manager its versions were planned with
+    versions: Mapping[str, VersionRoute] = field(default_factory=empty)
+    refs: Mapping[str, str] = field(default_factory=empty)  # stage or alias -> a ready version
+
+    def resolve(self, ref: str) -> str | None:
+        """The version `ref` names: a version number, a stage (any case) or an alias."""
+        if ref in self.versions:
+            return ref
+        return self.refs.get(ref) or self.refs.get(ref.capitalize())
+
+
+@dataclass(frozen=True)
+class RouteTable:
+    models: Mapping[str, ModelRoutes] = field(default_factory=empty)
+
+    def servers(self) -> set[int]:
+        """The numbers of the servers some route points at."""
+        return {
+            route.server.number
+            for routes in self.models.values()
+            for route in routes.versions.values()
+            if route.server is not None
+        }
+
+
+def frozen(mapping: dict) -> Mapping:
+    """A read-only view of `mapping`, which its builder must no longer change."""
+    return MappingProxyType(mapping)
+
+
+class RouteBoard:
+    """Where the controller publishes route tables and the gateway reads the current one."""
+
+    def __init__(self) -> None:
+        self.table = RouteTable()
+
+    def publish(self, table: RouteTable) -> None:
+        self.table = table  # one assignment: a reader sees the old table or the new, whole

@@ -1,0 +1,97 @@
+"""What the gateway may ask of the control plane, and nothing more.
+
+The current route table (published whole by the controller), the serving settings and events
+kept in the state store, turning serving on and off, and where a model's log is. Every call
+that reaches the registry or the database runs on a thread, off the event loop that answers
+scoring; turning serving on or off nudges the controller to read it at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from modelhost.control.routes import RouteBoard, RouteTable
+from modelhost.control.store import StateStore
+from modelhost.errors import InvalidInput, NotFound, NotReady
+
+
+class ServingControl:
+    def __init__(
+        self,
+        store: StateStore,
+        registry_url: str,
+        default_env_manager: str,
+        board: RouteBoard,
+        nudge: Callable[[], None],
+        log_path: Callable[[str], Path],
+    ) -> None:
+        self.store = store
+        self.registry = MlflowClient(tracking_uri=registry_url, registry_uri=registry_url)
+        self.default_env_manager = default_env_manager
+        self.board = board
+        self.nudge = nudge
+        self.log_path = log_path  # a served model's name -> its model servers' log
+
+    @property
+    def routes(self) -> RouteTable:
+        return self.board.table
+
+    async def enable(self, name: str, env_manager: str | None, actor: str | None) -> None:
+        await asyncio.to_thread(self._must_exist, name)
+        if await asyncio.to_thread(self.store.enable, name):
+            await self._record(name, "Serving turned on.", actor)
+        if env_manager is not None:
+            await self._set_env_manager(name, env_manager, actor)
+        self.nudge()
+
+    async def disable(self, name: str, actor: str | None) -> None:
+        await self.must_be_served(name)
+        if await asyncio.to_thread(self.store.disable, name):
+            await self._record(name, "Serving turned off.", actor)
+        self.nudge()
+
+    async def update_settings(self, name: str, env_manager: str, actor: str | None) -> None:
+        await self.must_be_served(name)
+        await self._set_env_manager(name, env_manager, actor)
+        self.nudge()
+
+    async def served(self) -> list[str]:
+        """The served models' names, oldest enabled first."""
+        return await asyncio.to_thread(self.store.enabled)
+
+    async def must_be_served(self, name: str) -> None:
+        if name not in await self.served():
+            raise NotFound(f"Serving is not enabled for '{name}'.")
+
+    async def settings(self, name: str) -> dict[str, Any]:
+        manager = await asyncio.to_thread(self.store.env_manager, name)
+        return {"env_manager": manager or self.default_env_manager}
+
+    async def events(self, name: str) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.store.events, name)
+
+    async def _set_env_manager(self, name: str, manager: str, actor: str | None) -> None:
+        if await asyncio.to_thread(self.store.set_env_manager, name, manager):
+            await self._record(name, f"env_manager set to {manager}.", actor)
+
+    async def _record(self, name: str, message: str, actor: str | None) -> None:
+        """An audit event, written before the call that caused it returns."""
+        await asyncio.to_thread(self.store.record, name, message, actor=actor)
+
+    def _must_exist(self, name: str) -> None:
+        try:
+            self.registry.get_registered_model(name)
+        except MlflowException as e:
+            if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+                raise NotFound(f"Registered model '{name}' does not exist.") from None
+            if e.error_code == "INVALID_PARAMETER_VALUE":  # a name the registry cannot hold
+                raise InvalidInput(f"{name!r} is not a registered model's name: {e}") from None
+            raise NotReady(f"The registry could not say whether '{name}' exists: {e}") from None
+        except OSError as e:  # the registry unreachable
+            raise NotReady(f"The registry did not answer: {e}") from None

@@ -1,0 +1,98 @@
+"""What the controller asks of whatever runs model servers, and what it sees of them.
+
+A supervisor starts and stops model servers, tells them which versions to hold, pings them,
+and restarts with back-off those that exit or stop answering; every step is an event. Its
+methods return at once: the work happens on its own tasks, so a slow or hung server holds up
+nothing but itself, and what came of it shows in the next `view()`. Planning (control/plan.py)
+and the gateway know only these types, never which supervisor runs the servers: local
+processes today (control/local.py), processes placed on a cluster later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Protocol
+
+from modelhost.control.environments import Environment
+from modelhost.control.routes import ServerAddress, empty
+
+# A server runs the versions of one registered model that share one environment.
+ServerKey = tuple[str, str]  # (registered model name, environment key)
+
+
+class Health(StrEnum):
+    STARTING = "STARTING"  # started, has not answered yet
+    UP = "UP"  # answers its health checks
+    UNRESPONSIVE = "UNRESPONSIVE"  # stopped answering, or said it is unhealthy: being replaced
+    RESTARTING = "RESTARTING"  # exited; starts again when its back-off is over
+
+
+class HeldState(StrEnum):
+    """A version's state inside its model server."""
+
+    LOADING = "LOADING"
+    READY = "READY"
+    FAILED = "FAILED"
+
+
+@dataclass(frozen=True)
+class Held:
+    state: HeldState
+    message: str
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """What to run: the model server of `model` in `environment`."""
+
+    model: str
+    environment: Environment
+
+    @property
+    def key(self) -> ServerKey:
+        return (self.model, environment_key(self.environment))
+
+
+@dataclass(frozen=True)
+class ServerView:
+    """One model server as last seen."""
+
+    key: ServerKey
+    health: Health
+    address: ServerAddress | None = None  # None until a process of it has started
+    # The versions it holds or was told to
+    versions: Mapping[str, Held] = field(default_factory=empty)
+    message: str = ""
+
+
+class Supervisor(Protocol):
+    def start(self, spec: ServerSpec) -> None:
+        """Run a server for `spec` from now on, restarting it whenever it fails."""
+
+    def stop(self, key: ServerKey) -> None:
+        """Stop the server and forget it."""
+
+    def hold(self, key: ServerKey, version: str, model_uri: str, local_path: Path) -> None:
+        """Tell the server to load `version` from its fetched artifacts."""
+
+    def release(self, key: ServerKey, version: str) -> None:
+        """Tell the server to let `version` go."""
+
+    def view(self) -> Mapping[ServerKey, ServerView]:
+        """Every server started and not stopped, as last seen."""
+
+    async def close(self) -> None:
+        """Stop every server; nothing it started is left running."""
+
+
+# The key of the server that runs in the interpreter running modelhost: every version whose
+# needs it satisfies shares it, whatever their requirements' own cache keys.
+CURRENT = "current"
+
+
+def environment_key(environment: Environment) -> str:
+    """Which server of a model runs versions prepared with `environment`."""
+    return CURRENT if environment.current else environment.key
