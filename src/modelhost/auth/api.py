@@ -7,6 +7,7 @@ there (admins anywhere). Grants and revokes are audit events of the model (or pr
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from http import HTTPStatus
 from urllib.parse import parse_qs
@@ -45,7 +46,8 @@ class AuthAPI:
             else:
                 body = await read_body(dict(scope["headers"]), receive, 64 * 1024)
                 fields = json_object(body)
-            answer = self._dispatch(route, fields, caller)
+            # Users, tokens and grants are rows of the state database: written off the loop.
+            answer = await asyncio.to_thread(self._dispatch, route, fields, caller)
         except ModelhostError as e:
             await respond(send, e.status, e.body())
             return

@@ -8,6 +8,7 @@ get 429 with `Retry-After`. `/health` is open.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from urllib.parse import parse_qs
 
@@ -175,14 +176,15 @@ class Auth:
             )
         elif rule.after == "experiment":
             if status == 200 and not admin:
-                self._experiment_created(answer, principal)
+                await asyncio.to_thread(self._experiment_created, answer, principal)
         elif rule.after is not None:
             made = new_name if rule.after == "rename" else name
             if status != 200 and not self.access.allows(principal, made, Level.READ):
                 await _error(send, denied(rule, made))  # do not tell whether it exists
                 return
             if status == 200:
-                self._upkeep(rule.after, principal, name, new_name)
+                # Grants are rows of the state database: written off the event loop.
+                await asyncio.to_thread(self._upkeep, rule.after, principal, name, new_name)
         headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
         headers.append((b"content-length", str(len(answer)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
