@@ -227,7 +227,7 @@ class ModelServer:
 async def _parse(
     body: bytes, content_type: bytes | None, model: ServedModel
 ) -> protocol.ModelInput:
-    args = (body, content_type.decode("latin-1") if content_type else None, model)
+    args = (body, content_type.decode("latin-1") if content_type else None, model.spec)
     if len(body) <= PARSE_INLINE_BYTES:
         return protocol.parse(*args)
     return await asyncio.to_thread(protocol.parse, *args)
