@@ -9,6 +9,8 @@ from __future__ import annotations
 import datetime
 import io
 import json
+import subprocess
+import sys
 
 import numpy as np
 import orjson
@@ -57,6 +59,21 @@ def parquet(frame: pd.DataFrame) -> bytes:
     buffer = io.BytesIO()
     frame.to_parquet(buffer)
     return buffer.getvalue()
+
+
+def test_the_protocol_stands_alone():
+    # A fresh interpreter: what importing the protocol pulls in of the model server.
+    code = (
+        "import sys, modelhost.worker.protocol; "
+        "print(sorted(m for m in sys.modules if m.startswith('modelhost.worker')))"
+    )
+    imported = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert (
+        imported.stdout.strip().splitlines()[-1]
+        == "['modelhost.worker', 'modelhost.worker.protocol']"
+    )
 
 
 # --- every request shape of one DataFrame
