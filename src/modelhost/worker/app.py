@@ -30,6 +30,8 @@ log = logging.getLogger("modelhost.worker")
 DEFAULT_VERSION = "model"
 # Bodies larger than this are parsed off the event loop so they do not stall other requests.
 PARSE_INLINE_BYTES = 64 * 1024
+# What a 503 tells clients: the version may be ready, or the server replaced, in a moment.
+RETRY_SOON = ((b"retry-after", b"1"),)
 
 
 class ModelServer:
@@ -127,6 +129,8 @@ class ModelServer:
         headers: tuple[tuple[bytes, bytes], ...] = ()
         try:
             version = self._ready(name or self.default)
+            if (fault := self.versions.fault(version)) is not None:
+                raise NotReady(f"{fault} The server must be restarted; send again shortly.")
             batcher, model = version.batcher, version.model
             assert batcher is not None and model is not None, "a ready version has both"
             with batcher.arriving():
@@ -139,7 +143,7 @@ class ModelServer:
         except ModelhostError as e:
             status, answer = e.status, e.body()
             if isinstance(e, NotReady):
-                headers = ((b"retry-after", b"1"),)
+                headers = RETRY_SOON
             metrics.errors.labels(e.error_code).inc()
         except TimeoutError:
             error = Timeout(
@@ -213,7 +217,15 @@ class ModelServer:
         await respond(send, HTTPStatus.OK, b"\n")
 
     async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await respond(send, HTTPStatus.OK, b'{"status": "READY"}')
+        # Reads state only, never calls a model, so it answers while one predicts.
+        faults, versions = self.versions.faults(), self.versions.describe()
+        if not faults:
+            await respond(
+                send, HTTPStatus.OK, orjson.dumps({"status": "READY", "versions": versions})
+            )
+            return
+        body = {"status": "UNHEALTHY", "message": " ".join(faults), "versions": versions}
+        await respond(send, HTTPStatus.SERVICE_UNAVAILABLE, orjson.dumps(body), headers=RETRY_SOON)
 
     async def _version(self, scope: Scope, receive: Receive, send: Send) -> None:
         # As `mlflow models serve` answers: the MLflow version, for clients that check it.
@@ -227,7 +239,7 @@ class ModelServer:
 async def _parse(
     body: bytes, content_type: bytes | None, model: ServedModel
 ) -> protocol.ModelInput:
-    args = (body, content_type.decode("latin-1") if content_type else None, model)
+    args = (body, content_type.decode("latin-1") if content_type else None, model.spec)
     if len(body) <= PARSE_INLINE_BYTES:
         return protocol.parse(*args)
     return await asyncio.to_thread(protocol.parse, *args)

@@ -218,6 +218,11 @@ class Batcher:
         self._on_predict(rows or 1, seconds)
         return predictions
 
+    @property
+    def alive(self) -> bool:
+        """Its loop has started and has not ended: it still calls the model for requests."""
+        return self._task is not None and not self._task.done()
+
 
 def _concat(parts: list[Any]) -> Any:
     first = parts[0]

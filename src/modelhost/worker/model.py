@@ -1,4 +1,4 @@
-"""One loaded MLflow model: what it expects, how to call it and how to render what it returns."""
+"""One loaded MLflow model: what it expects and how to call it."""
 
 from __future__ import annotations
 
@@ -7,20 +7,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import mlflow
-import orjson
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.pyfunc import PyFuncModel
-from mlflow.types import Schema
-from mlflow.utils.proto_json_utils import NumpyEncoder, _get_jsonable_obj
+from mlflow.utils.proto_json_utils import _get_jsonable_obj
 
 from modelhost.errors import InvalidInput, ModelFailed
 from modelhost.worker import protocol
 
-log = logging.getLogger("modelhost.worker")
+# Rendering belongs to the protocol; the batcher still imports it from here.
+render = protocol.render
 
-_JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
-_fallback = NumpyEncoder().default  # MLflow's own rendering of bytes, dates and numpy leftovers
+log = logging.getLogger("modelhost.worker")
 
 
 @dataclass
@@ -31,8 +29,7 @@ class ServedModel:
     local_path: str
     pyfunc: PyFuncModel
     metadata: Model
-    input_schema: Schema | None
-    typed_inputs: bool  # the signature comes from type hints: MLflow passes `inputs` as sent
+    spec: protocol.ModelSpec  # what the protocol reads of it, read once here
     build_input: protocol.FrameBuilder
 
     @classmethod
@@ -40,10 +37,8 @@ class ServedModel:
         """Load the model from its downloaded artifacts (downloading them if not given)."""
         local_path = local_path or download(uri)
         pyfunc = mlflow.pyfunc.load_model(local_path)
-        metadata = pyfunc.metadata
-        typed = getattr(metadata, "_is_signature_from_type_hint", lambda: False)()
-        schema = metadata.get_input_schema()
-        return cls(uri, local_path, pyfunc, metadata, schema, typed, protocol.FrameBuilder(schema))
+        spec = protocol.ModelSpec.from_metadata(pyfunc.metadata)
+        return cls(uri, local_path, pyfunc, pyfunc.metadata, spec, protocol.FrameBuilder(spec))
 
     def describe(self) -> dict[str, Any]:
         """The signature and input example, as JSON-able values, for /metadata."""
@@ -53,7 +48,7 @@ class ServedModel:
         except Exception:  # an unreadable example must not hide the rest
             log.exception("Could not read the input example of %s", self.uri)
             example = None
-        params = self.metadata.get_params_schema()
+        params = self.spec.params_schema
         return {
             "model_uri": self.uri,
             "run_id": self.metadata.run_id,
@@ -80,19 +75,11 @@ class ServedModel:
             raise ModelFailed(f"The model raised {type(e).__name__}: {e}") from None
 
     def _with_expected_input(self, message: str) -> str:
-        if self.input_schema is None:
+        if self.spec.input_schema is None:
             return message
-        return f"{message}\nThe model expects input: {self.input_schema}"
+        return f"{message}\nThe model expects input: {self.spec.input_schema}"
 
 
 def download(uri: str) -> str:
     """The model's artifacts in a local folder, for any URI the MLflow client resolves."""
     return mlflow.artifacts.download_artifacts(artifact_uri=uri)
-
-
-def render(predictions: Any, wrapped: bool) -> bytes:
-    """Predictions as JSON, in the shape the request was sent in."""
-    jsonable = _get_jsonable_obj(predictions, pandas_orient="records")
-    return orjson.dumps(
-        {"predictions": jsonable} if wrapped else jsonable, default=_fallback, option=_JSON_OPTIONS
-    )

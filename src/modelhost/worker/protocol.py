@@ -1,8 +1,10 @@
-"""The MLflow scoring protocol: a request body and its content type in, model input out.
+"""The MLflow scoring protocol: a request body and its content type in, model input out;
+predictions in, the answer's JSON out.
 
 Everything MLflow 2/3 accepts is parsed by MLflow's own scoring code, so what reaches the model
 is exactly what `mlflow models serve` would pass; the older forms (MLflow 1.x, Azure ML's
-`input_data` wrapper) are translated into those first. Knows nothing of HTTP.
+`input_data` wrapper) are translated into those first. It reads the model only through a
+`ModelSpec`, so it parses and renders with no model loaded. Knows nothing of HTTP.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import scoring_server
 from mlflow.pyfunc.utils.serving_data_parser import is_unified_llm_input
-from mlflow.types import ColSpec, DataType, Schema
+from mlflow.types import ColSpec, DataType, ParamSchema, Schema
+from mlflow.utils.proto_json_utils import NumpyEncoder, _get_jsonable_obj
 
 from modelhost.errors import InvalidInput, UnsupportedMediaType
 
 if TYPE_CHECKING:
-    from modelhost.worker.model import ServedModel
+    from mlflow.models import Model
 
 JSON = "application/json"
 CSV = "text/csv"
@@ -38,6 +41,25 @@ EXPECTED_JSON = (
     "'dataframe_split', 'dataframe_records', 'instances' or 'inputs' (and optionally 'params'), "
     'for example {"dataframe_split": {"columns": ["x"], "data": [[1.0]]}}.'
 )
+
+_JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+_fallback = NumpyEncoder().default  # MLflow's own rendering of bytes, dates and numpy leftovers
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """What the protocol reads of a model: read once from its MLflow metadata at load."""
+
+    input_schema: Schema | None = None
+    params_schema: ParamSchema | None = None
+    # The signature comes from type hints: MLflow passes the field `inputs` as sent.
+    typed_inputs: bool = False
+
+    @classmethod
+    def from_metadata(cls, metadata: Model) -> ModelSpec:
+        # Models saved by an MLflow older than type-hint signatures lack the method.
+        typed = getattr(metadata, "_is_signature_from_type_hint", lambda: False)()
+        return cls(metadata.get_input_schema(), metadata.get_params_schema(), bool(typed))
 
 
 @dataclass(slots=True)
@@ -67,14 +89,14 @@ _SCALARS = frozenset({int, float, str, bool, type(None)})
 _NUMBERS = frozenset({int, float})
 
 
-def parse(body: bytes, content_type: str | None, model: ServedModel) -> ModelInput:
+def parse(body: bytes, content_type: str | None, spec: ModelSpec) -> ModelInput:
     """Parse one scoring request; raises InvalidInput or UnsupportedMediaType."""
     mime, options = _split_content_type(content_type)
     try:
         if mime == JSON:
-            model_input = _parse_json(body, options.get("format"), model)
+            model_input = _parse_json(body, options.get("format"), spec)
         elif mime == CSV:
-            model_input = ModelInput(_parse_csv(body, model.input_schema), None, wrapped=True)
+            model_input = ModelInput(_parse_csv(body, spec.input_schema), None, wrapped=True)
         else:
             model_input = ModelInput(_parse_parquet(body), None, wrapped=True)
     except MlflowException as e:
@@ -83,15 +105,23 @@ def parse(body: bytes, content_type: str | None, model: ServedModel) -> ModelInp
     return model_input
 
 
+def render(predictions: Any, wrapped: bool) -> bytes:
+    """Predictions as JSON, as MLflow renders them, in the shape the request was sent in."""
+    jsonable = _get_jsonable_obj(predictions, pandas_orient="records")
+    return orjson.dumps(
+        {"predictions": jsonable} if wrapped else jsonable, default=_fallback, option=_JSON_OPTIONS
+    )
+
+
 class FrameBuilder:
     """Builds what `predict` is given: a Table becomes the DataFrame MLflow would build."""
 
-    def __init__(self, schema: Schema | None) -> None:
-        self.schema = schema
+    def __init__(self, spec: ModelSpec) -> None:
+        schema = self.schema = spec.input_schema
         self._doubles = frozenset(
-            spec.name
-            for spec in (schema.inputs if schema is not None and schema.has_input_names() else [])
-            if isinstance(spec, ColSpec) and spec.type == DataType.double
+            column.name
+            for column in (schema.inputs if schema is not None and schema.has_input_names() else [])
+            if isinstance(column, ColSpec) and column.type == DataType.double
         )
 
     def __call__(self, data: Any) -> Any:
@@ -147,22 +177,22 @@ def _load_json(body: bytes) -> Any:
     return value
 
 
-def _parse_json(body: bytes, legacy_format: str | None, model: ServedModel) -> ModelInput:
+def _parse_json(body: bytes, legacy_format: str | None, spec: ModelSpec) -> ModelInput:
     value = _load_json(body)
     if legacy_format is not None and not _is_mlflow_body(value):
         orient = LEGACY_FORMATS[legacy_format]
-        return ModelInput(_frame(value, orient, model), None, wrapped=False)
+        return ModelInput(_frame(value, orient, spec), None, wrapped=False)
     if isinstance(value, list):
         # MLflow 1.x: a bare list of records.
-        return ModelInput(_frame(value, "records", model), None, wrapped=False)
+        return ModelInput(_frame(value, "records", spec), None, wrapped=False)
     if not isinstance(value, dict):
         raise InvalidInput(f"Expected a JSON object, got {type(value).__name__}. {EXPECTED_JSON}")
     if "input_data" in value:
-        return _parse_azure(value, model)
+        return _parse_azure(value, spec)
     if "data" in value and not _is_mlflow_body(value):
         # MLflow 1.x: a bare {"columns", "index", "data"} in pandas' split orientation.
-        return ModelInput(_frame(value, "split", model), None, wrapped=False)
-    return _parse_mlflow(value, model)
+        return ModelInput(_frame(value, "split", spec), None, wrapped=False)
+    return _parse_mlflow(value, spec)
 
 
 def _is_mlflow_body(value: Any) -> bool:
@@ -178,20 +208,42 @@ def _params(value: dict) -> dict[str, Any] | None:
     return params
 
 
-def _parse_mlflow(value: dict, model: ServedModel) -> ModelInput:
+def _parse_mlflow(value: dict, spec: ModelSpec) -> ModelInput:
+    """MLflow 2/3 JSON, dispatched as MLflow's `scoring_server._parse_json_data` does."""
     params = _params(value)
+    if is_unified_llm_input(value):
+        return _parse_llm(value, spec)
     input_keys = [key for key in MLFLOW_KEYS if key in value]
-    if len(input_keys) != 1 and not is_unified_llm_input(value):
+    if len(input_keys) != 1:
         raise InvalidInput(f"Got the fields {sorted(value)}. {EXPECTED_JSON}")
-    frame_keys = [key for key in ("dataframe_split", "dataframe_records") if key in value]
-    if len(frame_keys) == 1 and set(value) <= {frame_keys[0], "params"} and not model.typed_inputs:
-        orient = frame_keys[0].removeprefix("dataframe_")
-        return ModelInput(_frame(value[frame_keys[0]], orient, model), params, wrapped=True)
-    parsed = scoring_server._parse_json_data(value, model.metadata, model.input_schema)
-    return ModelInput(parsed.data, parsed.params, wrapped=not parsed.is_unified_llm_input)
+    key = input_keys[0]
+    if spec.typed_inputs:
+        if key != "inputs":
+            raise InvalidInput(
+                "This model's signature comes from type hints, so it takes its input as sent, "
+                f"in the field 'inputs'; got '{key}'. Send {{\"inputs\": ...}}."
+            )
+        return ModelInput(value["inputs"], params, wrapped=True)
+    if key.startswith("dataframe_"):
+        orient = key.removeprefix("dataframe_")
+        return ModelInput(_frame(value[key], orient, spec), params, wrapped=True)
+    data = scoring_server.infer_and_parse_data({key: value[key]}, spec.input_schema)
+    return ModelInput(data, params, wrapped=True)
 
 
-def _parse_azure(value: dict, model: ServedModel) -> ModelInput:
+def _parse_llm(value: dict, spec: ModelSpec) -> ModelInput:
+    """Chat, completions and embeddings requests ({"messages" | "prompt" | "input", ...}).
+
+    As MLflow does: the fields the params schema names are params, every other field is the
+    input, passed as sent; the answer is not wrapped in {"predictions": ...}.
+    """
+    names = {param.name for param in spec.params_schema.params} if spec.params_schema else set()
+    data = {key: field for key, field in value.items() if key not in names}
+    params = {key: field for key, field in value.items() if key in names}
+    return ModelInput(data, params, wrapped=False)
+
+
+def _parse_azure(value: dict, spec: ModelSpec) -> ModelInput:
     """Azure ML's wrapper: {"input_data": <pandas split dict | tensor>, "params": {...}}."""
     unknown = set(value) - {"input_data", "params"}
     if unknown:
@@ -201,16 +253,16 @@ def _parse_azure(value: dict, model: ServedModel) -> ModelInput:
         )
     data = value["input_data"]
     if isinstance(data, dict) and "data" in data and set(data) <= {"columns", "index", "data"}:
-        return ModelInput(_frame(data, "split", model), _params(value), wrapped=False)
-    parsed = _parse_mlflow({"inputs": data, "params": value.get("params")}, model)
+        return ModelInput(_frame(data, "split", spec), _params(value), wrapped=False)
+    parsed = _parse_mlflow({"inputs": data, "params": value.get("params")}, spec)
     parsed.wrapped = False
     return parsed
 
 
-def _frame(value: Any, orient: str, model: ServedModel) -> Table | pd.DataFrame:
+def _frame(value: Any, orient: str, spec: ModelSpec) -> Table | pd.DataFrame:
     """A Table when the rows are plain enough to be joined with others, else MLflow's frame."""
     table = _table(value, orient)
-    return table if table is not None else _dataframe(value, orient, model.input_schema)
+    return table if table is not None else _dataframe(value, orient, spec.input_schema)
 
 
 def _table(value: Any, orient: str) -> Table | None:

@@ -40,6 +40,7 @@ class Version:
     batcher: Batcher | None = None
     metadata: bytes = b"{}"
     _loading: asyncio.Task[None] | None = field(default=None, repr=False)
+    _stop_logged: bool = field(default=False, repr=False)  # its batcher's end is logged
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -48,6 +49,16 @@ class Version:
             "state": self.state.value,
             "message": self.message,
         }
+
+    def stopped(self) -> tuple[str, BaseException | None] | None:
+        """Why this ready version can answer no request (its batcher's loop ended), or None.
+
+        Cheap enough for every request: one look at the batcher until it has stopped.
+        """
+        batcher = self.batcher
+        if self.state != VersionState.READY or batcher is None or batcher.alive:
+            return None
+        return _why_ended(batcher)
 
 
 class Versions:
@@ -63,6 +74,29 @@ class Versions:
 
     def describe(self) -> list[dict[str, Any]]:
         return [version.describe() for version in self._versions.values()]
+
+    def fault(self, version: Version) -> str | None:
+        """What keeps a ready version from answering, logged once when first seen; or None."""
+        stopped = version.stopped()
+        if stopped is None:
+            return None
+        reason, error = stopped
+        if not version._stop_logged:
+            version._stop_logged = True
+            log.error(
+                "The batcher of version %s stopped (%s); its requests get 503 and /health says "
+                "UNHEALTHY until this server is restarted.",
+                version.name, reason, exc_info=error,
+                extra={"version": version.name} if self.tag_logs else None,
+            )  # fmt: skip
+        return f"The batcher of version {version.name} stopped: {reason}"
+
+    def faults(self) -> list[str]:
+        """What makes this server unhealthy: each ready version whose batcher has stopped.
+
+        Versions loading or failed to load are not faults of the server: their states say so.
+        """
+        return [fault for version in self._versions.values() if (fault := self.fault(version))]
 
     def adopt(self, name: str, model: ServedModel) -> Version:
         """Hold a model loaded before the server started; `start()` readies it."""
@@ -149,3 +183,18 @@ async def _stop(version: Version) -> None:
         version._loading.cancel()
     if version.batcher is not None:
         await version.batcher.stop()
+
+
+def _why_ended(batcher: Batcher) -> tuple[str, BaseException | None]:
+    """What ended a batcher's loop, in words, and the exception that did, if one did."""
+    # The batcher keeps its loop's task to itself; the exception that ended it is what the
+    # person on call needs, so it is read here rather than lost.
+    task = batcher._task
+    if task is None:
+        return "it was never started.", None
+    if task.cancelled():
+        return "it was cancelled.", None
+    error = task.exception()
+    if error is None:
+        return "its loop returned.", None
+    return f"{type(error).__name__}: {error}", error
