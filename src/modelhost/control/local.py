@@ -195,8 +195,6 @@ class LocalSupervisor:
             silent_since = None
             if answer.status_code != 200:
                 return f"says it is unhealthy: {shown.get('message', answer.text)}"
-            if "versions" not in shown:  # a server without versions in its health: ask
-                shown = (await process.client.get("/versions", timeout=PING_TIMEOUT_S)).json()
             changed = self._update(server, shown["versions"])
             if server.health is not Health.UP:
                 self._show(server, Health.UP, "Its model server is up.")
