@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 from sklearn.linear_model import LogisticRegression
-from support import START_TIMEOUT_S, Platform, free_port
+from support import START_TIMEOUT_S, Platform, free_port, started_by
 
 from modelhost.demo import ONE_FLOWER
 
@@ -135,3 +136,45 @@ def test_health_says_when_the_registry_is_unreachable(tmp_path):
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize(
+    "case", ["short admin token", "home is a file", "port taken", "auth and insecure"]
+)
+def test_bad_settings_stop_up_before_anything_starts(tmp_path, case):
+    """Each is refused with a message naming what to change; no registry, no server ran."""
+    home, port = tmp_path / "home", free_port()
+    env = {**os.environ, "MODELHOST_ADMIN_TOKEN": "x" * 40}
+    args = ["--home", str(home), "--port", str(port)]
+    expected = {
+        "short admin token": "MODELHOST_ADMIN_TOKEN is shorter than 32",
+        "home is a file": "--home",
+        "port taken": "--port",
+        "auth and insecure": "contradict",
+    }[case]
+    taken = None
+    if case == "short admin token":
+        env["MODELHOST_ADMIN_TOKEN"] = "short"
+        args.append("--auth")
+    elif case == "home is a file":
+        home.write_text("not a folder")
+    elif case == "port taken":
+        taken = socket.create_server(("127.0.0.1", port))
+    else:
+        args += ["--auth", "--insecure"]
+    marker = f"TEST_PLATFORM_MARKER=setup-{case.replace(' ', '-')}-{port}"
+    env[marker.partition("=")[0]] = marker.partition("=")[2]
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "modelhost", "up", *args],
+            capture_output=True, text=True, env=env, timeout=60,
+        )  # fmt: skip
+    finally:
+        if taken is not None:
+            taken.close()
+    assert done.returncode == 2, done.stderr
+    assert expected in done.stderr, done.stderr
+    assert "registry" not in (done.stdout + done.stderr).lower(), done.stderr
+    assert "x" * 40 not in done.stderr  # the token never echoed
+    assert not (home / "registry").exists() and not (home / "state.db").exists()
+    assert started_by(marker) == []

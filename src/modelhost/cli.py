@@ -243,16 +243,19 @@ def serve(**options: object) -> None:
 )
 def up(**options: object) -> None:
     """Run modelhost: the MLflow registry and the gateway in front of it, on one port."""
-    from modelhost.auth.setup import AuthSetupError
-    from modelhost.control.isolation import IsolationError
-    from modelhost.up import SetupError, run
+    from modelhost.preflight import SetupError, preflight
 
+    settings = UpSettings(**options)  # type: ignore[arg-type]
     try:
-        run(UpSettings(**options))  # type: ignore[arg-type]
-    except AuthSetupError as e:
-        raise click.UsageError(str(e)) from None
+        checked = preflight(settings)  # before the heavy imports: a wrong setting shows at once
     except SetupError as e:
         raise click.UsageError(e.message) from None
+
+    from modelhost.control.isolation import IsolationError
+    from modelhost.up import run
+
+    try:
+        run(settings, checked)
     except IsolationError as e:
         raise click.ClickException(e.message) from None
 

@@ -7,22 +7,21 @@ import logging
 import os
 import signal
 import socket
-import tempfile
 
 import uvicorn
 import uvloop
 
-from modelhost.auth.setup import auth_required, check_admin_token, protect
+from modelhost.auth.setup import protect
 from modelhost.config import EnvManager, UpSettings
 from modelhost.control.controller import Controller
 from modelhost.control.isolation import Isolation
 from modelhost.control.routes import RouteBoard
 from modelhost.control.serving import ServingControl
 from modelhost.control.store import StateStore
-from modelhost.errors import ModelhostError
 from modelhost.gateway.app import Gateway
 from modelhost.gateway.client_limits import ClientLimits
 from modelhost.gateway.paths import Normalized
+from modelhost.preflight import Checked
 from modelhost.registry.embedded import EmbeddedRegistry
 
 log = logging.getLogger("modelhost")
@@ -34,18 +33,9 @@ log = logging.getLogger("modelhost")
 REGISTRY_CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
-class SetupError(ModelhostError):
-    """`modelhost up` cannot start with these settings; the message says which to change."""
-
-
-def run(settings: UpSettings) -> None:
+def run(settings: UpSettings, checked: Checked) -> None:
     """Run until interrupted; everything started here is stopped on the way out."""
-    # Whatever can be wrong with the settings is found before anything starts.
-    signing_in = auth_required(settings)
-    check_admin_token(settings.admin_token)
-    _check_home(settings)
-    listener = _bind(settings)
-    with listener:
+    with checked.listener:
         # Model code reaches its files by real paths: it may not pass where a link lies. The
         # admin token may come as a flag: the scrub drops the gateway's variables by name (the
         # registry's secret among them, as MLFLOW_TRACKING_TOKEN) and their values.
@@ -53,7 +43,7 @@ def run(settings: UpSettings) -> None:
             settings.home.resolve(), settings.model_user, [settings.admin_token]
         )
         store = StateStore.in_home(settings.home)
-        _run(settings, signing_in, listener, isolation, store)
+        _run(settings, checked.signing_in, checked.listener, isolation, store)
 
 
 def _run(
@@ -127,35 +117,6 @@ async def _serve(server: uvicorn.Server, controller: Controller, listener: socke
         await controller.stop()
         for sig, handler in before.items():
             signal.signal(sig, handler)
-
-
-def _check_home(settings: UpSettings) -> None:
-    """The home must be a folder this user can write in."""
-    try:
-        settings.home.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=settings.home):
-            pass
-    except OSError as e:
-        raise SetupError(
-            f"The home {settings.home} cannot be used: {e.strerror or e}. Pick another with "
-            "--home or MODELHOST_HOME."
-        ) from None
-
-
-def _bind(settings: UpSettings) -> socket.socket:
-    """The gateway's listening socket, bound now so that a taken port stops us at once."""
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    listener = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((settings.host.strip("[]"), settings.port))
-    except OSError as e:
-        listener.close()
-        raise SetupError(
-            f"Cannot listen on {settings.host}:{settings.port}: {e.strerror or e}. Pick another "
-            "port with --port or MODELHOST_PORT (or stop what uses it)."
-        ) from None
-    return listener
 
 
 def _serve_demo(registry_url: str, store: StateStore, url: str, signing_in: bool) -> None:

@@ -22,12 +22,13 @@ from modelhost.auth.policy import (
     registry_rule,
     serving_rule,
 )
-from modelhost.auth.setup import AuthSetupError, auth_required, bootstrap_admin
+from modelhost.auth.setup import bootstrap_admin
 from modelhost.auth.store import AuthStore, token_rows
 from modelhost.config import UpSettings
 from modelhost.control.store import StateStore
 from modelhost.errors import Conflict, InvalidInput
 from modelhost.gateway.paths import registry_route
+from modelhost.preflight import SetupError, auth_required
 
 
 @pytest.fixture
@@ -196,7 +197,7 @@ def test_the_first_admin_comes_from_the_variable_or_is_made_once(store, tmp_path
     access.reload()
     assert access.who(bearer(chosen)) is None  # the variable's token was replaced
     assert access.who(bearer(changed)).admin
-    with pytest.raises(AuthSetupError, match="shorter than 32"):
+    with pytest.raises(SetupError, match="shorter than 32"):
         bootstrap_admin(store, "short")
     with pytest.raises(InvalidInput, match="last admin"):
         store.revoke_principal("admin")
@@ -213,7 +214,7 @@ def test_open_only_on_loopback_unless_insecure(tmp_path):
     assert required(host="0.0.0.0")
     assert required(host="myhost.example")
     assert not required(host="0.0.0.0", insecure=True)
-    with pytest.raises(AuthSetupError, match="contradict"):
+    with pytest.raises(SetupError, match="contradict"):
         required(auth=True, insecure=True)
 
 

@@ -1,0 +1,99 @@
+"""What `modelhost up` checks before it starts anything, with light imports only, so that a
+wrong setting is reported at once and nothing is left to stop: auth's settings and the admin
+token, the home, and the port, bound here and handed to the gateway."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import tempfile
+from dataclasses import dataclass
+
+from modelhost.auth.tokens import MIN_CHOSEN_LENGTH
+from modelhost.config import UpSettings
+from modelhost.errors import ModelhostError
+
+log = logging.getLogger("modelhost.auth")
+
+
+class SetupError(ModelhostError):
+    """`modelhost up` cannot start with these settings; the message says which to change."""
+
+
+@dataclass(frozen=True)
+class Checked:
+    signing_in: bool  # whether callers sign in
+    listener: socket.socket  # the gateway's socket, bound
+
+
+def preflight(settings: UpSettings) -> Checked:
+    signing_in = auth_required(settings)
+    check_admin_token(settings.admin_token)
+    _check_home(settings)
+    return Checked(signing_in, _bind(settings))
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def auth_required(settings: UpSettings) -> bool:
+    """Open only on loopback, or anywhere with --insecure; --auth turns it on anywhere."""
+    if settings.auth and settings.insecure:
+        raise SetupError("--auth and --insecure contradict each other: pass one.")
+    if settings.auth:
+        return True
+    if is_loopback(settings.host) or settings.insecure:
+        if settings.insecure and not is_loopback(settings.host):
+            log.warning(
+                "Serving %s with no auth (--insecure): anyone who reaches it may score, "
+                "register and turn serving on and off.",
+                settings.host,
+            )
+        return False
+    log.info("Bound to %s, not loopback: auth is on (--insecure turns it off).", settings.host)
+    return True
+
+
+def check_admin_token(admin_token: str | None) -> None:
+    """A chosen admin token must be long enough to be a secret."""
+    if admin_token is not None and len(admin_token) < MIN_CHOSEN_LENGTH:
+        raise SetupError(
+            f"MODELHOST_ADMIN_TOKEN is shorter than {MIN_CHOSEN_LENGTH} characters: make one "
+            """with python -c 'import secrets; print(secrets.token_urlsafe(32))'."""
+        )
+
+
+def _check_home(settings: UpSettings) -> None:
+    """The home must be a folder this user can write in."""
+    try:
+        settings.home.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=settings.home):
+            pass
+    except OSError as e:
+        raise SetupError(
+            f"The home {settings.home} cannot be used: {e.strerror or e}. Pick another with "
+            "--home or MODELHOST_HOME."
+        ) from None
+
+
+def _bind(settings: UpSettings) -> socket.socket:
+    """The gateway's listening socket, bound now so that a taken port stops us at once."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((settings.host.strip("[]"), settings.port))
+    except OSError as e:
+        listener.close()
+        raise SetupError(
+            f"Cannot listen on {settings.host}:{settings.port}: {e.strerror or e}. Pick another "
+            "port with --port or MODELHOST_PORT (or stop what uses it)."
+        ) from None
+    return listener
