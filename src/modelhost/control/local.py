@@ -82,7 +82,8 @@ class LocalSupervisor:
         self.record = record
         self.changed = changed  # called when what view() shows has changed
         self._servers: dict[ServerKey, _Server] = {}
-        self._tasks: set[asyncio.Task[None]] = set()  # control calls and stops under way
+        self._calls: set[asyncio.Task[None]] = set()  # control calls under way
+        self._stops: set[asyncio.Task[None]] = set()  # servers being stopped
 
     def view(self) -> dict[ServerKey, ServerView]:
         return {key: server.view() for key, server in self._servers.items()}
@@ -96,7 +97,7 @@ class LocalSupervisor:
     def stop(self, key: ServerKey) -> None:
         server = self._servers.pop(key, None)
         if server is not None:
-            self._spawn(self._stop(server))
+            self._spawn(self._stops, self._stop(server))
 
     def hold(self, key: ServerKey, version: str, model_uri: str, local_path: Path) -> None:
         server = self._servers.get(key)
@@ -105,24 +106,26 @@ class LocalSupervisor:
         server.versions[version] = Held(HeldState.LOADING, "Loading the model.")
         self.isolation.let_through()  # loading reads the version's files as the model user
         body = {"model_uri": model_uri, "local_path": str(local_path)}
-        self._spawn(self._call(server, server.process, "PUT", version, body))
+        self._spawn(self._calls, self._call(server, server.process, "PUT", version, body))
 
     def release(self, key: ServerKey, version: str) -> None:
         server = self._servers.get(key)
         if server is None or server.process is None or server.versions.pop(version, None) is None:
             return
-        self._spawn(self._call(server, server.process, "DELETE", version))
+        self._spawn(self._calls, self._call(server, server.process, "DELETE", version))
 
     async def close(self) -> None:
+        for call in self._calls:  # a hung server's calls would only make us wait
+            call.cancel()
         for key in list(self._servers):
             self.stop(key)
-        while self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._calls, *self._stops, return_exceptions=True)
 
-    def _spawn(self, work) -> None:
+    @staticmethod
+    def _spawn(tasks: set[asyncio.Task[None]], work) -> None:
         task = asyncio.create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        tasks.add(task)  # held until done: the loop keeps only weak references to tasks
+        task.add_done_callback(tasks.discard)
 
     async def _stop(self, server: _Server) -> None:
         if server.watching is not None:
