@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -171,6 +173,7 @@ class Reply:
 
 FEATURES = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
 ONE_ROW = {"dataframe_split": {"columns": FEATURES, "data": [[5.1, 3.5, 1.4, 0.2]]}}
+UP_LINE = "modelhost is up on"  # what `up` prints once it serves
 
 
 class Platform:
@@ -184,12 +187,22 @@ class Platform:
                      "--port", str(self.port), *options]  # fmt: skip
         self.log_path = home.parent / f"up-{self.port}.log"
         self.process: subprocess.Popen | None = None
+        self.up_at: float | None = None
         # Every process `up` starts inherits this, so none can hide from the check at exit.
         self.marker = f"TEST_PLATFORM_MARKER={uuid.uuid4().hex}"
 
     def __enter__(self) -> Platform:
+        return self.start()
+
+    def start(self) -> Platform:
+        """Start `up` (again, on the same home and port) and wait until it is healthy.
+
+        `up_at` is when its log said it is up (time.monotonic()): what a user waits for.
+        """
         reachable_home(self.home)
-        with open(self.log_path, "wb") as log:
+        self.up_at = None
+        logged = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with open(self.log_path, "ab") as log:
             name, _, value = self.marker.partition("=")
             self.process = subprocess.Popen(
                 self.args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -198,18 +211,35 @@ class Platform:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             assert self.process.poll() is None, self.log_path.read_text()
+            if self.up_at is None and UP_LINE in self._log_since(logged):
+                self.up_at = time.monotonic()
             try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return self
+                healthy = httpx.get(f"{self.url}/health", timeout=2).status_code == 200
             except httpx.TransportError:
-                pass
-            time.sleep(0.3)
+                healthy = False
+            if healthy:  # a platform that never says it is up leaves `up_at` None
+                return self
+            time.sleep(0.1)
         self.__exit__()
         raise AssertionError(f"modelhost up did not become healthy:\n{self.log_path.read_text()}")
 
+    def _log_since(self, offset: int) -> str:
+        with open(self.log_path, "rb") as log:
+            log.seek(offset)
+            return log.read().decode(errors="replace")
+
     def __exit__(self, *_) -> None:
-        """Ctrl-C, as a user stops it; then check nothing it started is left."""
-        os.kill(self.process.pid, signal.SIGINT)
+        self.stop()
+
+    def stop(self, group: bool = False) -> None:
+        """Ctrl-C, as a user stops it; then check nothing it started is left.
+
+        `group`: to its whole process group, as a terminal sends Ctrl-C. Once stopped, a second
+        stop only checks again.
+        """
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                (os.killpg if group else os.kill)(self.process.pid, signal.SIGINT)
         try:
             self.process.wait(timeout=30)
         finally:
@@ -217,6 +247,11 @@ class Platform:
                 os.killpg(self.process.pid, signal.SIGKILL)
         leftovers = started_by(self.marker)
         assert leftovers == [], f"still running after Ctrl-C: {leftovers}"
+
+    def restart(self) -> Platform:
+        """Ctrl-C to its process group, then `up` again with the same home, port and flags."""
+        self.stop(group=True)
+        return self.start()
 
 
 def reachable_home(home: Path) -> None:
@@ -346,3 +381,244 @@ def log_iris(iris, name: str) -> str:
             pip_requirements=["mlflow", "scikit-learn"],
         )  # fmt: skip
     return str(info.registered_model_version)
+
+
+# --- faults: an external registry to kill, the processes of a platform, steady load
+
+
+class Registry:
+    """An MLflow tracking server of the test's own, which it can kill and start again.
+
+    It keeps its port and its database across starts, as a registry brought back by its
+    operator does; `modelhost up --registry-uri <url>` uses it as any MLflow server.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = folder / "server.log"
+        self.process: subprocess.Popen | None = None
+        self.marker = f"TEST_REGISTRY_MARKER={uuid.uuid4().hex}"
+
+    def __enter__(self) -> Registry:
+        return self.start()
+
+    def __exit__(self, *_) -> None:
+        self.stop()
+
+    def start(self) -> Registry:
+        """Start the server and wait until it answers."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        command = [
+            sys.executable, "-m", "mlflow", "server",
+            "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
+            "--artifacts-destination", str(self.folder / "artifacts"),
+            "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+        ]  # fmt: skip
+        name, _, value = self.marker.partition("=")
+        env = {
+            **os.environ,
+            name: value,
+            # MLflow starts its ASGI server by name: let it find the one beside this Python.
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # no job consumers: a faster start
+        }
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=env, start_new_session=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the registry exited while starting:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"the registry did not answer within {START_TIMEOUT_S} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL the server and every process it started, and wait until they are gone."""
+        self._end(signal.SIGKILL, grace_s=0)
+
+    def stop(self) -> None:
+        """SIGTERM, SIGKILL what lingers; then check nothing it started is left."""
+        self._end(signal.SIGTERM, grace_s=15)
+        leftovers = started_by(self.marker)
+        assert leftovers == [], f"the registry left processes running: {leftovers}"
+
+    def _end(self, sig: signal.Signals, grace_s: float) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=grace_s)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=15)
+        # Its children too, so the port is free for the next start.
+        eventually(lambda: _assert_none(started_by(self.marker)), timeout_s=15)
+
+
+def _assert_none(found: list) -> None:
+    assert found == [], found
+
+
+def model_servers(platform: Platform, name: str) -> list[int]:
+    """Process ids of the model servers `platform` runs for registered model `name`.
+
+    A model server is a `modelhost worker` process among those `up` started, and it writes the
+    model's own log file, which tells whose server it is.
+    """
+    from modelhost.control.servers import server_log  # the platform's name for a model's log
+
+    model_log = str(server_log(platform.home.resolve() / "logs", name))
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            command = (proc / "cmdline").read_bytes().split(b"\0")
+            if command[2:4] != [b"modelhost", b"worker"]:
+                continue
+            if platform.marker.encode() not in (proc / "environ").read_bytes().split(b"\0"):
+                continue
+            if any(os.readlink(fd) == model_log for fd in (proc / "fd").iterdir()):
+                found.append(int(proc.name))
+        except OSError:  # gone meanwhile
+            pass
+    return found
+
+
+def signal_server(pid: int, sig: signal.Signals) -> None:
+    """Send `sig` to a model server and whatever it started (its own process group)."""
+    with contextlib.suppress(ProcessLookupError):
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """One request of a `Load`: where it went, when, how long it took and what came back."""
+
+    target: str
+    phase: str
+    started: float  # time.monotonic()
+    duration_s: float
+    status: int  # 0: no HTTP answer at all (refused, reset, the client's own timeout)
+    retry_after: bool
+    error: str = ""
+
+    @property
+    def ended(self) -> float:
+        return self.started + self.duration_s
+
+
+class Load:
+    """Steady scoring requests at a few URLs, a few clients each, every outcome recorded.
+
+    Light on purpose (a pause between a client's requests) so it does not starve the machine.
+    `phase` labels the requests that start from then on.
+    """
+
+    def __init__(
+        self,
+        targets: dict[str, str],
+        clients: int = 2,
+        pause_s: float = 0.1,
+        timeout_s: float = 30.0,
+        body: object = ONE_ROW,
+    ) -> None:
+        self.targets = targets  # label -> /invocations URL
+        self.clients = clients
+        self.pause_s = pause_s
+        self.timeout_s = timeout_s  # the client's own: longer than any server-side bound
+        self.body = json.dumps(body).encode()
+        self.phase = "start"
+        self.outcomes: list[Outcome] = []
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def __enter__(self) -> Load:
+        self._threads = [
+            threading.Thread(target=self._drive, args=(target,), daemon=True)
+            for target in self.targets
+            for _ in range(self.clients)
+        ]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=self.timeout_s + 5)
+
+    def _drive(self, target: str) -> None:
+        headers = {"Content-Type": "application/json"}
+        with httpx.Client(timeout=self.timeout_s) as client:
+            while not self._stop.is_set():
+                phase, started = self.phase, time.monotonic()
+                try:
+                    answer = client.post(self.targets[target], content=self.body, headers=headers)
+                    status, retry, error = (
+                        answer.status_code, "retry-after" in answer.headers, ""
+                    )  # fmt: skip
+                    if status != 200:
+                        error = answer.text[:200]
+                except httpx.HTTPError as e:
+                    status, retry, error = 0, False, f"{type(e).__name__}: {e}"
+                duration = time.monotonic() - started
+                outcome = Outcome(target, phase, started, duration, status, retry, error)
+                self.outcomes.append(outcome)
+                self._stop.wait(self.pause_s)
+
+    def of(self, target: str, phase: str | None = None) -> list[Outcome]:
+        """The outcomes of `target`, of one phase or of all."""
+        return [
+            o
+            for o in list(self.outcomes)
+            if o.target == target and (phase is None or o.phase == phase)
+        ]
+
+    def first_success(self, target: str, since: float) -> float | None:
+        """When the first 200 of `target` among requests started at `since` or later ended."""
+        ended = [o.ended for o in self.of(target) if o.status == 200 and o.started >= since]
+        return min(ended, default=None)
+
+    def summary(self) -> str:
+        """Counts by phase and target: what pytest -s shows to help diagnose."""
+        lines = []
+        phases = list(dict.fromkeys(o.phase for o in self.outcomes))
+        for phase in phases:
+            for target in self.targets:
+                done = self.of(target, phase)
+                if not done:
+                    continue
+                by_status: dict[int, int] = {}
+                for o in done:
+                    by_status[o.status] = by_status.get(o.status, 0) + 1
+                bare = sum(1 for o in done if o.status not in (0, 200) and not o.retry_after)
+                longest = max(o.duration_s for o in done)
+                lines.append(
+                    f"{phase:<24} {target:<10} {len(done):>5} requests  statuses {by_status}  "
+                    f"without Retry-After {bare}  longest {longest:.2f} s"
+                )
+        return "\n".join(lines)
+
+
+def process_started_at(pid: int) -> float:
+    """When process `pid` started, on the clock of time.monotonic()."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime, after the name
+    age_s = float(Path("/proc/uptime").read_text().split()[0]) - ticks / os.sysconf("SC_CLK_TCK")
+    return time.monotonic() - age_s
