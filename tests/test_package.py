@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from support import free_port
 
 from modelhost import __version__
 from modelhost.cli import main
+from modelhost.processes import stop_group
 
 PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 # Any attempt to reach an index or the internet fails at once: nothing listens on port 9.
@@ -94,12 +94,7 @@ def test_bundle_installs_and_serves_with_no_network(packaged, model_paths, iris,
         expected = mlflow.pyfunc.load_model(str(model_paths["classifier"])).predict(iris)
         assert answer.json()["predictions"] == expected.tolist()
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_group(server, 15)
     # It served from the environment made inside the bundle, not from this one.
     found = subprocess.run(
         [str(bundle / ".venv/bin/python"), "-c", "import modelhost; print(modelhost.__file__)"],

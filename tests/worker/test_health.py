@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +18,8 @@ import pandas as pd
 import pytest
 from mlflow.models import infer_signature
 from support import Server, eventually
+
+from modelhost.processes import stop_group
 
 TOYS = Path(__file__).parents[1] / "toys"
 # Declared, so MLflow does not load each model in a subprocess to infer them.
@@ -74,12 +74,7 @@ def model_worker(log_path: Path, *options: str) -> Iterator[tuple[httpx.Client, 
         yield client, process
     finally:
         client.close()
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_group(process, 30)
         log.close()
         shutil.rmtree(sockets)
 
