@@ -161,14 +161,19 @@ class LocalSupervisor:
                 why = await self._ping(server, process)
                 if loop.time() - started >= STEADY_S:
                     restarts = 0
-            if process.alive():  # hung, or unhealthy: it gets no grace
+            killed = process.alive()  # hung, or unhealthy: it gets no grace
+            if killed:
                 self._show(server, Health.UNRESPONSIVE, f"Its model server {why}; replacing it.")
                 self.record(name, f"{describe(env)} {why}; killing it.")
-                why = "was killed"
             await process.stop(grace_s=0)
             delay = RESTART_BACKOFF_S[min(restarts, len(RESTART_BACKOFF_S) - 1)]
-            self._show(server, Health.RESTARTING, f"Its model server {why}; restarting it.")
-            self.record(name, f"{describe(env)} {why}; restarting in {delay} s.")
+            self._show(
+                server,
+                Health.RESTARTING,
+                f"Its model server {why}{'; it was killed' if killed else ''}; restarting it.",
+            )
+            self.record(name, f"{describe(env)} {'was killed' if killed else why}; "
+                        f"restarting in {delay} s.")  # fmt: skip
             await asyncio.sleep(delay)
             restarts += 1
 
