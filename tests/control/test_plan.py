@@ -78,7 +78,7 @@ def test_a_new_model_is_prepared_version_by_version():
         Prepare("m", "2", "auto", "src 2"),
     ]
     assert events(planned.actions) == [
-        "Serving enabled: preparing its versions (env_manager auto).",
+        "Preparing its versions to serve (env_manager auto).",
         "Deploying version 1.",
         "Deploying version 2.",
     ]

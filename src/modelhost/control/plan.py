@@ -149,7 +149,7 @@ def _plan_model(
 ) -> ModelRoutes:
     name, manager = model.name, model.env_manager
     if before is None:
-        message = f"Serving enabled: preparing its versions (env_manager {manager})."
+        message = f"Preparing its versions to serve (env_manager {manager})."
         actions.append(Record(name, message))
     elif before.env_manager != manager:
         actions.append(Record(name, f"env_manager is now {manager}: preparing the versions again."))
