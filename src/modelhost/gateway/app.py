@@ -21,6 +21,7 @@ from modelhost.errors import (
     Timeout,
 )
 from modelhost.gateway import openapi
+from modelhost.gateway.metrics import GatewayMetrics
 from modelhost.gateway.paths import registry_route, scoring_target, serving_action
 from modelhost.gateway.pool import ConnectionPool, UpstreamClosed
 from modelhost.gateway.proxy import HOP_BY_HOP, Upstream
@@ -33,7 +34,8 @@ log = logging.getLogger("modelhost.gateway")
 NOT_FORWARDED = HOP_BY_HOP | {
     b"content-length", b"authorization", b"cookie", b"proxy-authorization"
 }  # fmt: skip
-PAGES = ("/health", "/openapi.json", "/docs")  # what the gateway answers itself, to GET or HEAD
+# What the gateway answers itself, to GET or HEAD.
+PAGES = ("/health", "/openapi.json", "/docs", "/metrics")
 
 
 class Gateway:
@@ -54,6 +56,7 @@ class Gateway:
         self._registry: Upstream | None = None
         self._pools: dict[int, ConnectionPool] = {}  # by model server (its port)
         self._controlling: asyncio.Task[None] | None = None
+        self.metrics = GatewayMetrics(served=lambda name: name in controller.routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -111,6 +114,8 @@ class Gateway:
             await respond(send, HTTPStatus.OK, openapi.spec_json())
         elif path == "/docs":
             await respond(send, HTTPStatus.OK, openapi.page(), b"text/html; charset=utf-8")
+        elif path == "/metrics":
+            await self.metrics.expose(send, self._model_servers())
         else:
             error = NotFound(f"No route {path}.")
             await respond(send, error.status, error.body())
@@ -130,6 +135,8 @@ class Gateway:
 
     async def _score(self, scope: Scope, receive: Receive, send: Send, name: str, ref: str) -> None:
         """/model/<name>/<version | stage | alias>/invocations, to the model's server."""
+        send = self.metrics.watch(name, send)  # counts the answer, whichever it is
+
         headers: tuple[tuple[bytes, bytes], ...] = ()
         try:
             version, port = self._route(name, ref)
@@ -185,6 +192,14 @@ class Gateway:
             self._pools.pop(gone).close()
         pool = self._pools[port] = ConnectionPool(str(self.controller.socket_path(port)))
         return pool
+
+    def _model_servers(self) -> list[tuple[str, ConnectionPool]]:
+        """Each served model's name with a pool of each of its servers, for /metrics."""
+        return [
+            (name, self._pools.get(port) or self._pool(port))
+            for name, routes in self.controller.routes.items()
+            for port in set(routes.ports.values())
+        ]
 
     async def _health(self, send: Send) -> None:
         """Ready when the registry answers."""
