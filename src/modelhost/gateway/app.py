@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from http import HTTPStatus
 
@@ -79,6 +80,7 @@ class Gateway:
                     max_per_client=self.settings.registry_requests_per_client,
                 )
                 self._controlling = asyncio.create_task(self.controller.run(), name="controller")
+                gc.freeze()  # what startup made (MLflow's modules above all) stays: never walk it
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self._controlling:

@@ -3,9 +3,12 @@
 When the model is free, the batcher takes every waiting request that can share a call with the
 oldest one (same columns and types, same params, up to the row limit). It waits for more, up to
 the delay limit, only while requests that have arrived are still being read, or while fewer wait
-than the last batch held (those clients are likely on their way back), so a lone client never
-waits for company. A batch whose output is not one row per input row, or that fails, is scored
-again one request at a time, so a bad request only ever fails itself.
+than the last batch held (those clients are likely on their way back), or, once as many wait,
+while more keep arriving within two of their average gaps (through a proxy such as the gateway,
+a crowd's requests arrive one by one, not together), so a lone client never waits for company.
+The limit counts from when the last batch's answers are out. A batch whose output is not one
+row per input row, or that fails, is scored again one request at a time, so a bad request only
+ever fails itself.
 
 A model whose calls are quick is called on the event loop itself: no thread switch per batch,
 and requests that arrive meanwhile wait in their sockets for the next one. A model whose calls
@@ -44,6 +47,12 @@ INLINE_PREDICT_S = 0.02
 class _Job:
     model_input: ModelInput
     answer: asyncio.Future[bytes]
+
+
+async def _passes() -> None:
+    """Two passes of the event loop: one reads what sockets hold, the next runs its handlers."""
+    for _ in range(2):
+        await asyncio.sleep(0)
 
 
 class Batcher:
@@ -125,24 +134,36 @@ class Batcher:
                     job.answer.set_exception(result)
                 else:
                     job.answer.set_result(result)
+            # Hand the answers out and read what came in meanwhile before the next batch's
+            # wait starts: the delay limit bounds waiting for company, not answering.
+            await _passes()
 
     async def _gather_arrivals(self, loop: asyncio.AbstractEventLoop) -> None:
-        deadline = loop.time() + self._max_delay
+        started = loop.time()
+        deadline = started + self._max_delay
+        before = len(self._waiting)
         while self._waiting_rows() < self._max_rows:
-            # Two passes of the loop: one reads what sockets hold, the next runs its handlers.
             waiting = len(self._waiting)
-            for _ in range(2):
-                await asyncio.sleep(0)
-            remaining = deadline - loop.time()
+            await _passes()
+            now = loop.time()
+            remaining = deadline - now
             if remaining <= 0:
                 return
             if len(self._waiting) > waiting:
                 continue  # a burst is coming in: keep taking it
-            if not (self._arriving or len(self._waiting) < self._expected):
+            arrived = len(self._waiting) - before
+            if self._arriving or len(self._waiting) < self._expected:
+                wait = remaining
+            elif arrived > 0:
+                # As many wait as the last batch held, but requests are still trickling in
+                # (through a proxy, a crowd's requests arrive one by one): wait as long as
+                # two of their gaps for one more, so a batch can grow to the whole crowd.
+                wait = min(remaining, 2 * (now - started) / arrived)
+            else:
                 return
             self._wakeup.clear()
             try:
-                async with asyncio.timeout(remaining):
+                async with asyncio.timeout(wait):
                     await self._wakeup.wait()
             except TimeoutError:
                 return
