@@ -4,11 +4,11 @@ When the model is free, the batcher takes every waiting request that can share a
 oldest one (same columns and types, same params, up to the row limit). It waits for more, up to
 the delay limit, only while requests that have arrived are still being read, or while fewer wait
 than the last batch held (those clients are likely on their way back), or, once as many wait,
-while more keep arriving within two of their average gaps (through a proxy such as the gateway,
-a crowd's requests arrive one by one, not together), so a lone client never waits for company.
-The limit counts from when the last batch's answers are out. A batch whose output is not one
-row per input row, or that fails, is scored again one request at a time, so a bad request only
-ever fails itself.
+while more keep arriving within a few of their average gaps (through a proxy such as the
+gateway, a crowd's requests arrive one by one, not together), so a lone client never waits for
+company. The limit counts from when the last batch's answers are out. A batch whose output is
+not one row per input row, or that fails, is scored again one request at a time, so a bad
+request only ever fails itself.
 
 A model whose calls are quick is called on the event loop itself: no thread switch per batch,
 and requests that arrive meanwhile wait in their sockets for the next one. A model whose calls
@@ -41,6 +41,9 @@ log = logging.getLogger("modelhost.worker")
 
 # Calls quicker than this (on average) run on the event loop; slower ones on the thread.
 INLINE_PREDICT_S = 0.02
+# How many average gaps between arrivals a batch waits for one more, once it holds as many
+# requests as the last: enough to ride out a sender's or a proxy's hiccups.
+STRAGGLER_GAPS = 4
 
 
 @dataclass(slots=True)
@@ -156,9 +159,9 @@ class Batcher:
                 wait = remaining
             elif arrived > 0:
                 # As many wait as the last batch held, but requests are still trickling in
-                # (through a proxy, a crowd's requests arrive one by one): wait as long as
-                # two of their gaps for one more, so a batch can grow to the whole crowd.
-                wait = min(remaining, 2 * (now - started) / arrived)
+                # (through a proxy, a crowd's requests arrive one by one): wait a few of their
+                # gaps for one more, so a batch can grow to the whole crowd.
+                wait = min(remaining, STRAGGLER_GAPS * (now - started) / arrived)
             else:
                 return
             self._wakeup.clear()
