@@ -78,6 +78,10 @@ class Batcher:
         self._arriving = 0  # requests being read and parsed, soon to be waiting
         self._expected = 1  # requests in the last batch: as many clients are likely coming back
         self._wakeup = asyncio.Event()
+        # Requests waiting that wake the batcher: while it waits for a count, every arrival
+        # before it would cost a pass of the loop (requests through a proxy come one by one).
+        self._wake_at = 1
+        self._rows_waiting = 0
         self._thread = ThreadPoolExecutor(
             1, thread_name_prefix="predict", initializer=VERSION.set, initargs=(version,)
         )
@@ -114,7 +118,9 @@ class Batcher:
         """The rendered predictions for one request; raises ModelhostError."""
         job = _Job(model_input, asyncio.get_running_loop().create_future())
         self._waiting.append(job)
-        self._wakeup.set()
+        self._rows_waiting += model_input.rows or 0
+        if len(self._waiting) >= self._wake_at or self._rows_waiting >= self._max_rows:
+            self._wakeup.set()
         return await job.answer
 
     async def _run(self) -> None:
@@ -155,7 +161,9 @@ class Batcher:
             if len(self._waiting) > waiting:
                 continue  # a burst is coming in: keep taking it
             arrived = len(self._waiting) - before
-            if self._arriving or len(self._waiting) < self._expected:
+            if len(self._waiting) < self._expected:
+                wait, self._wake_at = remaining, self._expected
+            elif self._arriving:
                 wait = remaining
             elif arrived > 0:
                 # As many wait as the last batch held, but requests are still trickling in
@@ -170,14 +178,17 @@ class Batcher:
                     await self._wakeup.wait()
             except TimeoutError:
                 return
+            finally:
+                self._wake_at = 1
 
     def _waiting_rows(self) -> int:
-        return sum(job.model_input.rows or 0 for job in self._waiting)
+        return self._rows_waiting
 
     def _take(self) -> list[_Job]:
         """The oldest waiting job and every later one that can share its predict call."""
         first = self._waiting.popleft()
         key, rows = first.model_input.batch_key, first.model_input.rows
+        self._rows_waiting -= rows or 0
         if key is None or not self._row_aligned:
             return [first]
         batch, kept = [first], deque()
@@ -187,6 +198,7 @@ class Batcher:
             if job.model_input.batch_key == key and rows + job_rows <= self._max_rows:
                 batch.append(job)
                 rows += job_rows
+                self._rows_waiting -= job_rows
             else:
                 kept.append(job)
         self._waiting = kept
