@@ -10,7 +10,13 @@ import click
 
 from modelhost import __version__
 from modelhost.auth_cli import permissions, tokens, users
-from modelhost.config import EnvManager, ServeSettings, UpSettings, default_home
+from modelhost.config import (
+    PLATFORM_MAX_BATCH_DELAY_MS,
+    EnvManager,
+    ServeSettings,
+    UpSettings,
+    default_home,
+)
 from modelhost.errors import ModelhostError
 from modelhost.logs import configure_logging
 from modelhost.serving_cli import serving
@@ -29,10 +35,10 @@ def _max_batch_size() -> Callable[[F], F]:
     )
 
 
-def _max_batch_delay_ms() -> Callable[[F], F]:
+def _max_batch_delay_ms(default: float = ServeSettings.max_batch_delay_ms) -> Callable[[F], F]:
     return click.option(
         "--max-batch-delay-ms",
-        default=ServeSettings.max_batch_delay_ms,
+        default=default,
         show_default=True,
         envvar="MODELHOST_MAX_BATCH_DELAY_MS",
         type=click.FloatRange(min=0),
@@ -268,7 +274,7 @@ def up(**options: object) -> None:
     help="The bound Unix socket to serve on, handed over open by `modelhost up`.",
 )
 @_max_batch_size()
-@_max_batch_delay_ms()
+@_max_batch_delay_ms(PLATFORM_MAX_BATCH_DELAY_MS)
 @_max_body_mb()
 @_timeout()
 def worker(**options: object) -> None:

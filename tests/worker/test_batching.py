@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import http.client
+import json
+import socket
+import time
+
 import httpx
 import mlflow
 import numpy as np
@@ -94,3 +99,46 @@ def test_batching_off_and_metrics_summed_over_workers(unbatched_two_workers, iri
     assert all(r.status_code == 200 for r in responses)
     assert metric(server, "modelhost_batch_rows_count") == 60
     assert metric(server, "modelhost_requests_total") == 60
+
+
+@pytest.fixture(scope="module")
+def patient(model_paths, log_dir):
+    """A server whose batches may wait long for company, so only arrivals decide a batch."""
+    server = Server(model_paths["classifier"], "--max-batch-delay-ms", "2000", log_dir=log_dir)
+    server.start().wait_ready()
+    yield server
+    server.stop()
+
+
+def test_a_crowd_arriving_one_by_one_is_batched_whole(patient, iris):
+    """Through a proxy a crowd's requests arrive one by one: the batch keeps taking them."""
+    frames = [sample(iris, rows=1, seed=i) for i in range(100)]
+    bodies = [json.dumps({"dataframe_split": f.to_dict(orient="split")}).encode() for f in frames]
+    # A crowd of 10 at once: the last batch the server saw held up to 10 requests.
+    assert all(r.status_code == 200 for r in burst(patient, bodies[:10]))
+    calls_before = metric(patient, "modelhost_batch_rows_count")
+
+    # Then 90, a millisecond apart: without taking the trickle, batches of about 10.
+    connections = [socket.create_connection(("127.0.0.1", patient.port)) for _ in bodies[10:]]
+    try:
+        for connection, body in zip(connections, bodies[10:], strict=True):
+            head = (
+                "POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            )
+            connection.sendall(head.encode() + body)
+            time.sleep(0.001)
+        statuses = []
+        for connection in connections:
+            connection.settimeout(60)
+            response = http.client.HTTPResponse(connection)
+            response.begin()
+            response.read()
+            statuses.append(response.status)
+    finally:
+        for connection in connections:
+            connection.close()
+
+    assert statuses == [200] * 90
+    calls = metric(patient, "modelhost_batch_rows_count") - calls_before
+    assert calls <= 4, f"{calls} predict calls for a crowd of 90"

@@ -3,7 +3,7 @@
 Answers: no or a bad credential is 401 with `WWW-Authenticate`; a signed-in caller without the
 level a route needs is 403, with the same answer whether or not the model exists, so only those
 who may read a model learn that it does. Failed sign-ins from one address beyond a small burst
-get 429 with `Retry-After`. `/health` is open.
+get 429 with `Retry-After`. `/health` is open; `/metrics` is for admins.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ log = logging.getLogger("modelhost.auth")
 audit = logging.getLogger("modelhost.audit")
 
 OPEN_PATHS = frozenset({"/health"})
+METRICS = "/metrics"
 CHALLENGE = ((b"www-authenticate", b'Bearer realm="modelhost"'),
              (b"www-authenticate", b'Basic realm="modelhost"'))  # fmt: skip
 SIGN_IN = (
@@ -93,6 +94,9 @@ class Auth:
         elif (route := registry_route(path)) is not None:
             rule = registry_rule(scope["method"], *route)
             await self._guarded(rule, principal, scope, receive, send)
+        elif path == METRICS and scope["method"] in ("GET", "HEAD") and not principal.admin:
+            # It names every served model; another method gets the gateway's 405.
+            await _error(send, PermissionDenied(f"{METRICS} is for admins only."))
         else:
             await self.app(scope, receive, send)  # the gateway's own pages, or its 404
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from http import HTTPStatus
 
@@ -22,6 +23,7 @@ from modelhost.errors import (
     Timeout,
 )
 from modelhost.gateway import openapi
+from modelhost.gateway.metrics import GatewayMetrics
 from modelhost.gateway.paths import registry_route, scoring_target, serving_action
 from modelhost.gateway.pool import ConnectionPool, UpstreamClosed
 from modelhost.gateway.proxy import HOP_BY_HOP, Upstream
@@ -34,7 +36,8 @@ log = logging.getLogger("modelhost.gateway")
 NOT_FORWARDED = HOP_BY_HOP | {
     b"content-length", b"authorization", b"cookie", b"proxy-authorization"
 }  # fmt: skip
-PAGES = ("/health", "/openapi.json", "/docs")  # what the gateway answers itself, to GET or HEAD
+# What the gateway answers itself, to GET or HEAD.
+PAGES = ("/health", "/openapi.json", "/docs", "/metrics")
 
 
 class Gateway:
@@ -54,6 +57,7 @@ class Gateway:
         self.serving_api = ServingAPI(control)
         self._registry: Upstream | None = None
         self._pools: dict[int, ConnectionPool] = {}  # by model server (its number)
+        self.metrics = GatewayMetrics(served=lambda name: name in control.routes.models)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -75,6 +79,7 @@ class Gateway:
                     bearer=self.registry_secret,
                     max_per_client=self.settings.registry_requests_per_client,
                 )
+                gc.freeze()  # what startup made (MLflow's modules above all) stays: never walk it
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self._registry:
@@ -107,6 +112,8 @@ class Gateway:
             await respond(send, HTTPStatus.OK, openapi.spec_json())
         elif path == "/docs":
             await respond(send, HTTPStatus.OK, openapi.page(), b"text/html; charset=utf-8")
+        elif path == "/metrics":
+            await self.metrics.expose(send, self._model_servers())
         else:
             error = NotFound(f"No route {path}.")
             await respond(send, error.status, error.body())
@@ -126,6 +133,8 @@ class Gateway:
 
     async def _score(self, scope: Scope, receive: Receive, send: Send, name: str, ref: str) -> None:
         """/model/<name>/<version | stage | alias>/invocations, to the model's server."""
+        send = self.metrics.watch(name, send)  # counts the answer, whichever it is
+
         retry = ((b"retry-after", b"1"),)
         try:
             version, server = self._route(name, ref)
@@ -187,6 +196,14 @@ class Gateway:
             self._pools.pop(gone).close()
         pool = self._pools[server.number] = ConnectionPool(server.socket)
         return pool
+
+    def _model_servers(self) -> list[tuple[str, ConnectionPool]]:
+        """Each served model's name with a pool of each of its servers, for /metrics."""
+        return [
+            (name, self._pools.get(server.number) or self._pool(server))
+            for name, routes in self.control.routes.models.items()
+            for server in {r.server for r in routes.versions.values() if r.server is not None}
+        ]
 
     async def _health(self, send: Send) -> None:
         """Ready when the registry answers."""

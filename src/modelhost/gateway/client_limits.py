@@ -25,6 +25,7 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from modelhost.errors import HeadersTooLarge, ModelhostError, RequestTimeout
+from modelhost.gateway.writes import OneWrite
 
 log = logging.getLogger("modelhost.gateway")
 
@@ -146,6 +147,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             raise _Refused
         self._phase = BODY
         HttpToolsProtocol.on_headers_complete(self)
+        if self.cycle is not None:  # the answer's head and body go out in one write
+            self.cycle.transport = OneWrite(self.transport, self.loop)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         self._phase = IDLE

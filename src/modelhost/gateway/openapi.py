@@ -542,6 +542,30 @@ _PATHS: dict[str, Any] = {
             },
         }
     },
+    "/metrics": {
+        "get": {
+            "tags": ["Operations"],
+            "summary": "Prometheus metrics of scoring, per registered model and version",
+            "description": (
+                "In Prometheus' text format: `modelhost_gateway_requests_total` by "
+                "`model_name`, `model_version` and `status_code`; "
+                "`modelhost_gateway_request_duration_seconds` (a histogram) by model and "
+                "version; `modelhost_gateway_requests_in_flight` by model; and the model "
+                "servers' `modelhost_batch_rows` and `modelhost_predict_duration_seconds` by "
+                "model and version. `model_version` is the version that answered, empty when "
+                'none did; models that are not served count as `model_name=""`. With auth on, '
+                "for admins only."
+            ),
+            "responses": _answers(
+                {
+                    "description": "OK",
+                    "content": {"text/plain": {"schema": TEXT}},
+                },
+                (403,),
+                {403: "Only with auth on: the caller is not an admin."},
+            ),
+        }
+    },
     "/openapi.json": {
         "get": {
             "tags": ["Operations"],

@@ -3,9 +3,12 @@
 When the model is free, the batcher takes every waiting request that can share a call with the
 oldest one (same columns and types, same params, up to the row limit). It waits for more, up to
 the delay limit, only while requests that have arrived are still being read, or while fewer wait
-than the last batch held (those clients are likely on their way back), so a lone client never
-waits for company. A batch whose output is not one row per input row, or that fails, is scored
-again one request at a time, so a bad request only ever fails itself.
+than the last batch held (those clients are likely on their way back), or, once as many wait,
+while more keep arriving within a few of their average gaps (through a proxy such as the
+gateway, a crowd's requests arrive one by one, not together), so a lone client never waits for
+company. The limit counts from when the last batch's answers are out. A batch whose output is
+not one row per input row, or that fails, is scored again one request at a time, so a bad
+request only ever fails itself.
 
 A model whose calls are quick is called on the event loop itself: no thread switch per batch,
 and requests that arrive meanwhile wait in their sockets for the next one. A model whose calls
@@ -38,12 +41,21 @@ log = logging.getLogger("modelhost.worker")
 
 # Calls quicker than this (on average) run on the event loop; slower ones on the thread.
 INLINE_PREDICT_S = 0.02
+# How many average gaps between arrivals a batch waits for one more, once it holds as many
+# requests as the last: enough to ride out a sender's or a proxy's hiccups.
+STRAGGLER_GAPS = 4
 
 
 @dataclass(slots=True)
 class _Job:
     model_input: ModelInput
     answer: asyncio.Future[bytes]
+
+
+async def _passes() -> None:
+    """Two passes of the event loop: one reads what sockets hold, the next runs its handlers."""
+    for _ in range(2):
+        await asyncio.sleep(0)
 
 
 class Batcher:
@@ -66,6 +78,10 @@ class Batcher:
         self._arriving = 0  # requests being read and parsed, soon to be waiting
         self._expected = 1  # requests in the last batch: as many clients are likely coming back
         self._wakeup = asyncio.Event()
+        # Requests waiting that wake the batcher: while it waits for a count, every arrival
+        # before it would cost a pass of the loop (requests through a proxy come one by one).
+        self._wake_at = 1
+        self._rows_waiting = 0
         self._thread = ThreadPoolExecutor(
             1, thread_name_prefix="predict", initializer=VERSION.set, initargs=(version,)
         )
@@ -102,7 +118,9 @@ class Batcher:
         """The rendered predictions for one request; raises ModelhostError."""
         job = _Job(model_input, asyncio.get_running_loop().create_future())
         self._waiting.append(job)
-        self._wakeup.set()
+        self._rows_waiting += model_input.rows or 0
+        if len(self._waiting) >= self._wake_at or self._rows_waiting >= self._max_rows:
+            self._wakeup.set()
         return await job.answer
 
     async def _run(self) -> None:
@@ -125,35 +143,52 @@ class Batcher:
                     job.answer.set_exception(result)
                 else:
                     job.answer.set_result(result)
+            # Hand the answers out and read what came in meanwhile before the next batch's
+            # wait starts: the delay limit bounds waiting for company, not answering.
+            await _passes()
 
     async def _gather_arrivals(self, loop: asyncio.AbstractEventLoop) -> None:
-        deadline = loop.time() + self._max_delay
+        started = loop.time()
+        deadline = started + self._max_delay
+        before = len(self._waiting)
         while self._waiting_rows() < self._max_rows:
-            # Two passes of the loop: one reads what sockets hold, the next runs its handlers.
             waiting = len(self._waiting)
-            for _ in range(2):
-                await asyncio.sleep(0)
-            remaining = deadline - loop.time()
+            await _passes()
+            now = loop.time()
+            remaining = deadline - now
             if remaining <= 0:
                 return
             if len(self._waiting) > waiting:
                 continue  # a burst is coming in: keep taking it
-            if not (self._arriving or len(self._waiting) < self._expected):
+            arrived = len(self._waiting) - before
+            if len(self._waiting) < self._expected:
+                wait, self._wake_at = remaining, self._expected
+            elif self._arriving:
+                wait = remaining
+            elif arrived > 0:
+                # As many wait as the last batch held, but requests are still trickling in
+                # (through a proxy, a crowd's requests arrive one by one): wait a few of their
+                # gaps for one more, so a batch can grow to the whole crowd.
+                wait = min(remaining, STRAGGLER_GAPS * (now - started) / arrived)
+            else:
                 return
             self._wakeup.clear()
             try:
-                async with asyncio.timeout(remaining):
+                async with asyncio.timeout(wait):
                     await self._wakeup.wait()
             except TimeoutError:
                 return
+            finally:
+                self._wake_at = 1
 
     def _waiting_rows(self) -> int:
-        return sum(job.model_input.rows or 0 for job in self._waiting)
+        return self._rows_waiting
 
     def _take(self) -> list[_Job]:
         """The oldest waiting job and every later one that can share its predict call."""
         first = self._waiting.popleft()
         key, rows = first.model_input.batch_key, first.model_input.rows
+        self._rows_waiting -= rows or 0
         if key is None or not self._row_aligned:
             return [first]
         batch, kept = [first], deque()
@@ -163,6 +198,7 @@ class Batcher:
             if job.model_input.batch_key == key and rows + job_rows <= self._max_rows:
                 batch.append(job)
                 rows += job_rows
+                self._rows_waiting -= job_rows
             else:
                 kept.append(job)
         self._waiting = kept

@@ -14,6 +14,8 @@ from prometheus_client import (
     multiprocess,
 )
 
+from modelhost.logs import VERSION
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -26,19 +28,23 @@ latency = Histogram(
     "Time from a scoring request's arrival to its answer.",
     buckets=LATENCY_BUCKETS,
 )
+# By version, so the gateway can show them per version (empty in `modelhost serve`).
 batch_rows = Histogram(
-    "modelhost_batch_rows", "Input rows per predict call.", buckets=BATCH_BUCKETS
+    "modelhost_batch_rows", "Input rows per predict call.", ["version"], buckets=BATCH_BUCKETS
 )
 predict_seconds = Histogram(
     "modelhost_predict_duration_seconds",
     "Time spent in the model's predict.",
+    ["version"],
     buckets=LATENCY_BUCKETS,
 )
 
 
 def observe_predict(rows: int, seconds: float) -> None:
-    batch_rows.observe(rows)
-    predict_seconds.observe(seconds)
+    # The version predicted for: a platform server's batcher runs with it set (logs.VERSION).
+    version = VERSION.get() or ""
+    batch_rows.labels(version).observe(rows)
+    predict_seconds.labels(version).observe(seconds)
 
 
 def exposition() -> tuple[bytes, str]:

@@ -1,0 +1,147 @@
+"""`GET /metrics` on the gateway counts what callers got, per model and version, in Prometheus form.
+
+A platform serves one model; requests with known outcomes (200s with known row counts, a 400,
+a 404 for a version that does not exist, a 404 for a model that does not exist) go through the
+gateway, and its /metrics must say exactly that, with the model server's batch sizes relabelled
+by model and version. With auth on, only admins read it.
+"""
+
+from __future__ import annotations
+
+import httpx
+import mlflow
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from support import FEATURES, Platform, eventually, log_iris, modelhost
+
+API = "/api/2.0/preview/mlflow/endpoints"
+MODEL = "prod.metrics.iris"
+# 40 characters, for MODELHOST_ADMIN_TOKEN: the test knows the admin's token.
+ADMIN_TOKEN = "metrics-admin-token-0123456789abcdefghijk"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, iris):
+    """An open platform serving MODEL version 1."""
+    with Platform(tmp_path_factory.mktemp("metrics") / "home") as platform:
+        mlflow.set_tracking_uri(platform.url)
+        mlflow.set_experiment("metrics")
+        assert log_iris(iris, MODEL) == "1"
+        enabled = httpx.post(f"{platform.url}{API}/enable", json={"registered_model_name": MODEL})
+        assert enabled.status_code == 200, enabled.text
+        eventually(lambda: _ready(platform.url), timeout_s=180)
+        yield platform
+    mlflow.set_tracking_uri(None)
+
+
+def _ready(url: str) -> None:
+    shown = httpx.get(f"{url}{API}/list-versions", params={"registered_model_name": MODEL}).json()
+    assert [v["state"] for v in shown["endpoint_versions"]] == ["VERSION_STATE_READY"], shown
+
+
+def _rows(count: int) -> dict:
+    return {"dataframe_split": {"columns": FEATURES, "data": [[5.1, 3.5, 1.4, 0.2]] * count}}
+
+
+def _samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Each sample name's (labels, value) pairs."""
+    found: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return found
+
+
+def test_counts_latency_in_flight_and_batch_sizes_per_model_and_version(served):
+    url = served.url
+    with httpx.Client(base_url=url, timeout=60) as client:
+        for rows in (1, 2, 3):
+            answer = client.post(f"/model/{MODEL}/1/invocations", json=_rows(rows))
+            assert answer.status_code == 200, answer.text
+        bad = client.post(
+            f"/model/{MODEL}/1/invocations",
+            content=b"{not json",
+            headers={"Content-Type": "application/json"},
+        )
+        assert bad.status_code == 400, bad.text
+        assert client.post(f"/model/{MODEL}/7/invocations", json=_rows(1)).status_code == 404
+        assert client.post("/model/no.such.model/1/invocations", json=_rows(1)).status_code == 404
+        page = client.get("/metrics")
+
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/plain")
+    samples = _samples(page.text)
+    requests = {
+        (labels["model_name"], labels["model_version"], labels["status_code"]): value
+        for labels, value in samples["modelhost_gateway_requests_total"]
+    }
+    # An unknown version has no version label; an unknown model's name is never a label.
+    assert requests == {
+        (MODEL, "1", "200"): 3,
+        (MODEL, "1", "400"): 1,
+        (MODEL, "", "404"): 1,
+        ("", "", "404"): 1,
+    }
+    latency_counts = {
+        (labels["model_name"], labels["model_version"]): value
+        for labels, value in samples["modelhost_gateway_request_duration_seconds_count"]
+    }
+    assert latency_counts == {(MODEL, "1"): 4, (MODEL, ""): 1, ("", ""): 1}
+    buckets = [
+        (float(labels["le"]), value)
+        for labels, value in samples["modelhost_gateway_request_duration_seconds_bucket"]
+        if (labels["model_name"], labels["model_version"]) == (MODEL, "1")
+    ]
+    assert buckets[-1] == (float("inf"), 4)
+    assert [count for _, count in buckets] == sorted(count for _, count in buckets)
+    assert any(0.001 <= bound <= 0.01 for bound, _ in buckets), "buckets for ms-level scoring"
+    in_flight = {
+        labels["model_name"]: value
+        for labels, value in samples["modelhost_gateway_requests_in_flight"]
+    }
+    assert in_flight == {MODEL: 0, "": 0}
+
+    # The model server's own count: 6 rows scored, in at most 3 predict calls; the bad
+    # request never reached the model.
+    version_1 = {"model_name": MODEL, "model_version": "1"}
+    assert samples["modelhost_batch_rows_sum"] == [(version_1, 6)]
+    [(_, calls)] = samples["modelhost_batch_rows_count"]
+    assert 1 <= calls <= 3
+    [(labels, _)] = samples["modelhost_predict_duration_seconds_count"]
+    assert labels == version_1
+
+
+def test_metrics_take_only_get(served):
+    answer = httpx.post(f"{served.url}/metrics", timeout=30)
+    assert answer.status_code == 405
+    assert answer.headers["allow"] == "GET, HEAD"
+    assert answer.json()["error_code"]
+
+
+def test_with_auth_only_admins_read_metrics(tmp_path_factory):
+    platform = Platform(tmp_path_factory.mktemp("metrics-auth") / "home", "--auth")
+    with pytest.MonkeyPatch.context() as env:  # only `up` needs to see it
+        env.setenv("MODELHOST_ADMIN_TOKEN", ADMIN_TOKEN)
+        platform.__enter__()
+    try:
+        assert modelhost(platform.url, ADMIN_TOKEN, "users", "create", "reader").returncode == 0
+        granted = modelhost(platform.url, ADMIN_TOKEN, "permissions", "grant", "prod.*",
+                            "--user", "reader", "--level", "READ")  # fmt: skip
+        assert granted.returncode == 0, granted.stderr
+        made = modelhost(platform.url, ADMIN_TOKEN, "tokens", "create", "--user", "reader")
+        reader = made.stdout.strip()
+
+        def get(token: str | None) -> httpx.Response:
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            return httpx.get(f"{platform.url}/metrics", headers=headers, timeout=30)
+
+        refused = get(reader)
+        assert refused.status_code == 403
+        assert refused.json()["error_code"] == "PERMISSION_DENIED"
+        assert "admins" in refused.json()["message"]
+        assert get(None).status_code == 401
+        allowed = get(ADMIN_TOKEN)
+        assert allowed.status_code == 200
+        assert "modelhost_gateway_requests_in_flight" in allowed.text
+    finally:
+        platform.__exit__()
