@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -25,6 +26,9 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.utils.proto_json_utils import NumpyEncoder, _get_jsonable_obj
 from sklearn.linear_model import LogisticRegression
+
+from modelhost.control.servers import bind_socket
+from modelhost.processes import stop_group
 
 START_TIMEOUT_S = 180
 
@@ -68,18 +72,8 @@ class Server:
         return self
 
     def wait_ready(self) -> Server:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/ping", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"server did not answer /ping within {START_TIMEOUT_S} s:\n{self.log()}")
+        wait_answering(self.process, f"{self.url}/ping", "server", self.log, self.stop)
+        return self
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -174,6 +168,23 @@ class Reply:
 FEATURES = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
 ONE_ROW = {"dataframe_split": {"columns": FEATURES, "data": [[5.1, 3.5, 1.4, 0.2]]}}
 UP_LINE = "modelhost is up on"  # what `up` prints once it serves
+
+
+def wait_answering(process: subprocess.Popen, url: str, what: str, log, stop) -> None:
+    """Wait until `url` answers 200; `stop()` and raise, with `log()`, if `process` exits first
+    or does not answer within START_TIMEOUT_S."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}:\n{log()}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    stop()
+    raise RuntimeError(f"{what} did not answer {url} within {START_TIMEOUT_S} s:\n{log()}")
 
 
 class Platform:
@@ -429,42 +440,26 @@ class Registry:
                 command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=env, start_new_session=True,
             )  # fmt: skip
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the registry exited while starting:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"the registry did not answer within {START_TIMEOUT_S} s:\n{self.log()}")
+        wait_answering(self.process, f"{self.url}/health", "the registry", self.log, self.stop)
+        return self
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
     def kill(self) -> None:
         """SIGKILL the server and every process it started, and wait until they are gone."""
-        self._end(signal.SIGKILL, grace_s=0)
+        self._end(grace_s=0)
 
     def stop(self) -> None:
         """SIGTERM, SIGKILL what lingers; then check nothing it started is left."""
-        self._end(signal.SIGTERM, grace_s=15)
+        self._end(grace_s=15)
         leftovers = started_by(self.marker)
         assert leftovers == [], f"the registry left processes running: {leftovers}"
 
-    def _end(self, sig: signal.Signals, grace_s: float) -> None:
+    def _end(self, grace_s: float) -> None:
         if self.process is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=grace_s)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=15)
+        stop_group(self.process, grace_s)  # SIGTERM, then SIGKILL (at once with grace 0)
         # Its children too, so the port is free for the next start.
         eventually(lambda: _assert_none(started_by(self.marker)), timeout_s=15)
 
@@ -622,3 +617,38 @@ def process_started_at(pid: int) -> float:
     ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime, after the name
     age_s = float(Path("/proc/uptime").read_text().split()[0]) - ticks / os.sysconf("SC_CLK_TCK")
     return time.monotonic() - age_s
+
+
+@contextlib.contextmanager
+def model_worker(log_path: Path, *options: str) -> Iterator[tuple[httpx.Client, subprocess.Popen]]:
+    """A platform model server on a Unix socket handed over open, as `modelhost up` starts one."""
+    sockets = Path(tempfile.mkdtemp(prefix="modelhost-worker-"))  # short: sockets allow ~100
+    path = sockets / "1.sock"
+    log = open(log_path, "wb")  # noqa: SIM115 - closed below
+    with bind_socket(path) as listener:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "modelhost", "worker", "--fd", str(listener.fileno()), *options],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            pass_fds=(listener.fileno(),),
+        )  # fmt: skip
+    transport = httpx.HTTPTransport(uds=str(path))
+    client = httpx.Client(transport=transport, base_url="http://model-server", timeout=60)
+    try:
+        eventually(lambda: _listens(path, process), timeout_s=120)
+        assert client.get("/ping").status_code == 200
+        yield client, process
+    finally:
+        client.close()
+        stop_group(process, 30)
+        log.close()
+        shutil.rmtree(sockets)
+
+
+def _listens(path: Path, process: subprocess.Popen) -> None:
+    """Refused until the server listens on the socket it was handed."""
+    assert process.poll() is None, "the model server exited"
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(str(path))
+        except ConnectionRefusedError:
+            raise AssertionError("not listening yet") from None

@@ -2,12 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import shutil
-import socket
-import subprocess
-import sys
-import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,9 +11,7 @@ import mlflow
 import pandas as pd
 import pytest
 from mlflow.models import infer_signature
-from support import Server, eventually
-
-from modelhost.processes import stop_group
+from support import Server, eventually, model_worker
 
 TOYS = Path(__file__).parents[1] / "toys"
 # Declared, so MLflow does not load each model in a subprocess to infer them.
@@ -51,42 +43,6 @@ def escaping_failure(tmp_path_factory) -> Path:
         signature=infer_signature(pd.DataFrame({"x": [1.0]}), pd.Series([1.0])),
     )  # fmt: skip
     return path
-
-
-@contextlib.contextmanager
-def model_worker(log_path: Path, *options: str) -> Iterator[tuple[httpx.Client, subprocess.Popen]]:
-    """A platform model server on a Unix socket handed over open, as `modelhost up` starts one."""
-    sockets = Path(tempfile.mkdtemp(prefix="modelhost-health-"))  # short: sockets allow ~100
-    path = sockets / "1.sock"
-    log = open(log_path, "wb")  # noqa: SIM115 - closed below
-    with socket.socket(socket.AF_UNIX) as listener:
-        listener.bind(str(path))
-        process = subprocess.Popen(
-            [sys.executable, "-m", "modelhost", "worker", "--fd", str(listener.fileno()), *options],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            pass_fds=(listener.fileno(),),
-        )  # fmt: skip
-    transport = httpx.HTTPTransport(uds=str(path))
-    client = httpx.Client(transport=transport, base_url="http://model-server", timeout=60)
-    try:
-        eventually(lambda: _listens(path, process), timeout_s=120)
-        assert client.get("/ping").status_code == 200
-        yield client, process
-    finally:
-        client.close()
-        stop_group(process, 30)
-        log.close()
-        shutil.rmtree(sockets)
-
-
-def _listens(path: Path, process: subprocess.Popen) -> None:
-    """Refused until the server listens on the socket it was handed."""
-    assert process.poll() is None, "the model server exited"
-    with socket.socket(socket.AF_UNIX) as probe:
-        try:
-            probe.connect(str(path))
-        except ConnectionRefusedError:
-            raise AssertionError("not listening yet") from None
 
 
 def states(answer: httpx.Response) -> dict[str, str]:

@@ -2,58 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import httpx
 import pytest
-
-from modelhost.control.servers import bind_socket
-
-FEATURES = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
-ONE_ROW = {"dataframe_split": {"columns": FEATURES, "data": [[5.1, 3.5, 1.4, 0.2]]}}
+from support import ONE_ROW, model_worker
 
 
 @pytest.fixture(scope="module")
 def versions_server(log_dir):
     """A platform model server, handed its socket as `modelhost up` hands it over."""
-    sockets = Path(tempfile.mkdtemp(prefix="modelhost-versions-"))  # short: sockets allow ~100
-    path = sockets / "1.sock"
-    log = open(log_dir / "versions.log", "wb")  # noqa: SIM115 - closed below
-    with bind_socket(path) as listener:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "modelhost", "worker", "--fd", str(listener.fileno())],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            pass_fds=(listener.fileno(),),
-        )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not accepts(path):  # refused until the server listens on what it was handed
-        assert time.monotonic() < deadline and process.poll() is None
-        time.sleep(0.2)
-    transport = httpx.HTTPTransport(uds=str(path))
-    with httpx.Client(transport=transport, base_url="http://model-server", timeout=60) as client:
-        assert client.get("/ping").status_code == 200
+    with model_worker(log_dir / "versions.log") as (client, _):
         yield client
-    os.killpg(process.pid, signal.SIGTERM)
-    process.wait(timeout=30)
-    log.close()
-    shutil.rmtree(sockets)
-
-
-def accepts(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX) as probe:
-        try:
-            probe.connect(str(path))
-        except ConnectionRefusedError:
-            return False
-    return True
 
 
 def wait_for(client: httpx.Client, version: str, state: str) -> dict:
