@@ -61,17 +61,17 @@ class ServingControl:
         await self._set_env_manager(name, env_manager, actor)
         self.nudge()
 
-    async def served(self) -> list[str]:
-        """The served models' names, oldest enabled first."""
-        return await asyncio.to_thread(self.store.enabled)
+    async def served(self) -> dict[str, dict[str, Any]]:
+        """Each served model's settings, by name, oldest enabled first: one query for all."""
+        served = await asyncio.to_thread(self.store.served)
+        return {name: {"env_manager": m or self.default_env_manager} for name, m in served.items()}
 
-    async def must_be_served(self, name: str) -> None:
-        if name not in await self.served():
+    async def must_be_served(self, name: str) -> dict[str, Any]:
+        """The settings of served model `name`; NotFound if it is not served."""
+        settings = (await self.served()).get(name)
+        if settings is None:
             raise NotFound(f"Serving is not enabled for '{name}'.")
-
-    async def settings(self, name: str) -> dict[str, Any]:
-        manager = await asyncio.to_thread(self.store.env_manager, name)
-        return {"env_manager": manager or self.default_env_manager}
+        return settings
 
     async def events(self, name: str) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self.store.events, name)

@@ -74,22 +74,11 @@ class StateStore:
             gone = db.execute(serving.delete().where(serving.c.registered_model_name == name))
             return gone.rowcount > 0
 
-    def enabled(self) -> list[str]:
-        with self.engine.connect() as db:
-            rows = db.execute(sa.select(serving.c.registered_model_name).order_by("enabled_at"))
-            return [row[0] for row in rows]
-
     def served(self) -> dict[str, str | None]:
         """Each served model's env_manager (None: the platform's default), oldest enabled first."""
         query = sa.select(serving.c.registered_model_name, serving.c.env_manager)
         with self.engine.connect() as db:
             return {name: manager for name, manager in db.execute(query.order_by("enabled_at"))}
-
-    def env_manager(self, name: str) -> str | None:
-        """The env_manager set for served model `name`; None when it follows the default."""
-        query = sa.select(serving.c.env_manager).where(serving.c.registered_model_name == name)
-        with self.engine.connect() as db:
-            return db.execute(query).scalar()
 
     def set_env_manager(self, name: str, env_manager: str) -> bool:
         """Set a served model's env_manager; False if it is not served or already had it."""

@@ -67,11 +67,12 @@ class ServingAPI:
             raise NotFound(f"No route {method} {scope['path']}.")
         query = parse_qs(scope.get("query_string", b"").decode())
         if action == "list":
-            return {"endpoints": [await self._status(n) for n in await control.served()]}
+            served = await control.served()
+            return {"endpoints": [self._status(n, settings) for n, settings in served.items()]}
         name = _one(query, "registered_model_name")
-        await control.must_be_served(name)
+        settings = await control.must_be_served(name)
         if action == "get-status":
-            return {"endpoint_status": await self._status(name)}
+            return {"endpoint_status": self._status(name, settings)}
         if action == "list-versions":
             routes = control.routes.models.get(name)
             versions = routes.versions if routes else {}
@@ -93,13 +94,13 @@ class ServingAPI:
             return {"logs": await asyncio.to_thread(_tail, control.log_path(name), version)}
         raise NotFound(f"No serving action {action!r}.")
 
-    async def _status(self, name: str) -> dict:
+    def _status(self, name: str, settings: dict) -> dict:
         routes = self.control.routes.models.get(name)
         return {
             "registered_model_name": name,
             "state": (routes.state if routes else EndpointState.PENDING).value,
             "state_message": routes.message if routes else "Starting the model server.",
-            "settings": await self.control.settings(name),
+            "settings": settings,
         }
 
     async def _name_from_body(self, scope: Scope, receive: Receive) -> tuple[str, dict]:
