@@ -34,8 +34,8 @@ import pandas as pd
 
 from modelhost.errors import ModelFailed, ModelhostError, NotReady
 from modelhost.logs import VERSION
-from modelhost.worker.model import ServedModel, render
-from modelhost.worker.protocol import ModelInput, Table
+from modelhost.worker.model import ServedModel
+from modelhost.worker.protocol import ModelInput, Table, render
 
 log = logging.getLogger("modelhost.worker")
 
@@ -254,10 +254,20 @@ class Batcher:
         self._on_predict(rows or 1, seconds)
         return predictions
 
-    @property
-    def alive(self) -> bool:
-        """Its loop has started and has not ended: it still calls the model for requests."""
-        return self._task is not None and not self._task.done()
+    def ended(self) -> tuple[str, BaseException | None] | None:
+        """None while its loop runs; once it has ended (or never started), why, in words, and
+        the exception that ended it, if one did: what the person on call needs."""
+        task = self._task
+        if task is None:
+            return "it was never started.", None
+        if not task.done():
+            return None
+        if task.cancelled():
+            return "it was cancelled.", None
+        error = task.exception()
+        if error is None:
+            return "its loop returned.", None
+        return f"{type(error).__name__}: {error}", error
 
 
 def _concat(parts: list[Any]) -> Any:

@@ -15,9 +15,6 @@ from mlflow.utils.proto_json_utils import _get_jsonable_obj
 from modelhost.errors import InvalidInput, ModelFailed
 from modelhost.worker import protocol
 
-# Rendering belongs to the protocol; the batcher still imports it from here.
-render = protocol.render
-
 log = logging.getLogger("modelhost.worker")
 
 

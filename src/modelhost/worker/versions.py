@@ -55,10 +55,9 @@ class Version:
 
         Cheap enough for every request: one look at the batcher until it has stopped.
         """
-        batcher = self.batcher
-        if self.state != VersionState.READY or batcher is None or batcher.alive:
+        if self.state != VersionState.READY or self.batcher is None:
             return None
-        return _why_ended(batcher)
+        return self.batcher.ended()
 
 
 class Versions:
@@ -183,18 +182,3 @@ async def _stop(version: Version) -> None:
         version._loading.cancel()
     if version.batcher is not None:
         await version.batcher.stop()
-
-
-def _why_ended(batcher: Batcher) -> tuple[str, BaseException | None]:
-    """What ended a batcher's loop, in words, and the exception that did, if one did."""
-    # The batcher keeps its loop's task to itself; the exception that ended it is what the
-    # person on call needs, so it is read here rather than lost.
-    task = batcher._task
-    if task is None:
-        return "it was never started.", None
-    if task.cancelled():
-        return "it was cancelled.", None
-    error = task.exception()
-    if error is None:
-        return "its loop returned.", None
-    return f"{type(error).__name__}: {error}", error
