@@ -3,7 +3,8 @@
 Answers: no or a bad credential is 401 with `WWW-Authenticate`; a signed-in caller without the
 level a route needs is 403, with the same answer whether or not the model exists, so only those
 who may read a model learn that it does. Failed sign-ins from one address beyond a small burst
-get 429 with `Retry-After`. `/health` is open; `/metrics` is for admins.
+get 429 with `Retry-After`. `/health` and the Serving page's files are open; `/metrics` is for
+admins.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from modelhost.errors import (
     TooManyFailures,
     Unauthenticated,
 )
+from modelhost.gateway import ui
 from modelhost.gateway.paths import MODELHOST_ROOT, registry_route, scoring_target, serving_action
 from modelhost.gateway.serving import ACTIONS as SERVING_ACTIONS
 
@@ -68,7 +70,7 @@ class Auth:
         self.locator = Locator(app)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or _page(scope):
             await self.app(scope, receive, send)
             return
         principal = await self._sign_in(scope, send)
@@ -275,6 +277,11 @@ class Auth:
     def _audit(self, target: str, message: str, principal: Principal) -> None:
         self.events.record(target, message, actor=principal.name)
         audit.info("%s: %s (by %s)", target, message, principal.name)
+
+
+def _page(scope: Scope) -> bool:
+    """The Serving page's files are public; what they show comes from the guarded API."""
+    return scope["method"] in ("GET", "HEAD") and ui.is_page(scope["path"])
 
 
 def denied(rule: Rule, name: str, level: Level | None = None) -> PermissionDenied:

@@ -22,7 +22,7 @@ from modelhost.errors import (
     PayloadTooLarge,
     Timeout,
 )
-from modelhost.gateway import openapi
+from modelhost.gateway import openapi, ui
 from modelhost.gateway.metrics import GatewayMetrics
 from modelhost.gateway.paths import registry_route, scoring_target, serving_action
 from modelhost.gateway.pool import ConnectionPool, UpstreamClosed
@@ -104,6 +104,8 @@ class Gateway:
                 await respond(send, refused.status, refused.body())
                 return
             await self._registry.forward(scope, receive, send)
+        elif ui.is_page(path):
+            await ui.serve(scope, send)
         elif path in PAGES and scope["method"] not in ("GET", "HEAD"):
             await refuse_method(send, scope, ("GET", "HEAD"))
         elif path == "/health":
