@@ -23,9 +23,10 @@ async function start() {
   try {
     session = await modelhost.session();
   } catch (error) {
-    // A gateway without the session route has auth off: its API answers everyone.
-    if (error.status !== 404) return replace(main, h("p", { class: "error", role: "alert" }, error.message));
-    session = { auth: false, user: null, admin: true };
+    // 401: auth is on and this browser is not signed in; 404: a gateway without the route.
+    if (error.status === 401) session = { auth: true, user: null, admin: false };
+    else if (error.status === 404) session = { auth: false, user: null, admin: true };
+    else return replace(main, h("p", { class: "error", role: "alert" }, error.message));
   }
   showWho(session);
   if (session.auth && !session.user) return signIn();
