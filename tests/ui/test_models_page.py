@@ -52,6 +52,12 @@ def test_the_list_pages_through_every_model_and_searches_by_name(platform, page)
     )
 
 
+def test_a_model_the_registry_does_not_have_says_so(platform, page):
+    page.goto(f"{platform.url}/models/no-such-model")
+    expect(page.get_by_role("alert")).to_contain_text("no model named “no-such-model”")
+    expect(page.get_by_role("button", name="Enable Serving")).to_have_count(0)
+
+
 def test_first_load_is_under_100_kb_of_javascript(platform, browser):
     for path in ("/", "/models/fraud-cards"):
         context = browser.new_context()  # nothing cached: a first load

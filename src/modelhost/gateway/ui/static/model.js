@@ -125,11 +125,17 @@ export function showModel(main, name, session) {
       level = await modelhost.permission(name).then((p) => p.permission_level, () => "READ");
     }
     if (level === "NONE") {
-      return replace(body, h("p", { class: "error" }, "You may not read this model. Ask one of its managers, or an admin, for a grant."));
+      replace(status, h("strong", {}, "Not yours to read"));
+      problem.textContent = "You may not read this model. Ask one of its managers, or an admin, for a grant.";
+      return;
     }
-    getModel(name).then((model) => {
-      if (model?.description) main.querySelector(".title").after(h("p", { class: "description" }, model.description));
-    }, () => {});
+    const model = await getModel(name).catch(() => null);
+    if (model === undefined) {
+      replace(status, h("strong", {}, "No such model"));
+      problem.textContent = `The registry has no model named “${name}” that you may read.`;
+      return;
+    }
+    if (model?.description) main.querySelector(".title").after(h("p", { class: "description" }, model.description));
     loop();
   })();
   const wake = () => document.visibilityState === "visible" && refresh().catch(() => {});
