@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+from mlflow import MlflowClient
 from playwright.sync_api import expect, sync_playwright
 
 TESTS = Path(__file__).parents[1]
@@ -24,6 +25,7 @@ from support import ONE_ROW, Platform, eventually  # noqa: E402
 
 IMAGES = TESTS.parent / "docs" / "images"
 DEMO = "iris-demo"
+OTHERS = ("churn-forecast", "fraud-detector")
 
 
 def main() -> None:
@@ -31,6 +33,9 @@ def main() -> None:
     if chromium is None:
         sys.exit("Install Chromium first: apt-get install -y chromium")
     with tempfile.TemporaryDirectory() as folder, Platform(Path(folder) / "home", "--demo") as up:
+        registry = MlflowClient(tracking_uri=up.url, registry_uri=up.url)
+        for name in OTHERS:  # not served: the list shows both kinds
+            registry.create_registered_model(name)
         score = f"{up.url}/model/{DEMO}/1/invocations"
         eventually(lambda: _answers(score), timeout_s=300)
         for _ in range(40):  # a little traffic for the plots, spread over two samples
@@ -38,10 +43,10 @@ def main() -> None:
             time.sleep(0.25)
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1280, "height": 860})
+            page = browser.new_page(viewport={"width": 1280, "height": 360})
             page.goto(f"{up.url}/")
             page.get_by_role("link", name=DEMO).wait_for()
-            page.screenshot(path=IMAGES / "models.png")
+            page.screenshot(path=IMAGES / "models.png", full_page=True)
             page.goto(f"{up.url}/models/{DEMO}")
             page.get_by_role("button", name="Load Example").click()
             expect(page.get_by_role("textbox", name="Request")).not_to_be_empty()
