@@ -79,6 +79,11 @@ def test_enable_query_tune_read_logs_and_stop(platform, page):
     expect(versions.get_by_label("URL of version 1")).to_have_value(
         f"{platform.url}/model/{MODEL}/1/invocations"
     )
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    version_1.get_by_role("button", name="Copy").first.click()
+    expect(version_1.get_by_role("status").first).to_have_text("Copied")
+    copied = page.evaluate("navigator.clipboard.readText()")
+    assert copied == f"{platform.url}/model/{MODEL}/1/invocations"
     versions.get_by_role("button", name="Logs").click()
     asked = {"registered_model_name": MODEL, "endpoint_version_name": "1"}
     logs = httpx.get(f"{platform.url}{SERVING}/logs", params=asked, timeout=30)
