@@ -76,7 +76,7 @@ def test_enable_query_tune_read_logs_and_stop(platform, page):
     expect(page.locator(".answer-status")).to_contain_text(expected.json()["message"])
 
     # Model Versions: each version's URL, ready to copy, and its logs.
-    expect(versions.get_by_label("URL of version 1")).to_have_value(
+    expect(versions.get_by_role("textbox", name="URL of version 1")).to_have_value(
         f"{platform.url}/model/{MODEL}/1/invocations"
     )
     page.context.grant_permissions(["clipboard-read", "clipboard-write"])

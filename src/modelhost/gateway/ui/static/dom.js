@@ -29,6 +29,7 @@ export function copyable(text, label) {
   const button = h("button", {
     type: "button",
     class: "small",
+    "aria-label": `Copy ${label}`,
     onclick: async () => {
       try {
         await navigator.clipboard.writeText(text);

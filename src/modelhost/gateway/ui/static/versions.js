@@ -36,8 +36,8 @@ export function versionsTab(name, mayManage) {
       h("td", {}, stateBadge(v.state), v.state_message ? h("div", { class: "message" }, v.state_message) : null),
       h("td", { class: "urls" }, urls),
       h("td", { class: "actions" },
-        mayManage ? h("button", { type: "button", class: "small", onclick: () => show(version, "logs") }, "Logs") : null,
-        h("button", { type: "button", class: "small", onclick: () => show(version, "events") }, "Version Events")));
+        mayManage ? h("button", { type: "button", class: "small", "aria-label": `Logs, version ${version}`, onclick: () => show(version, "logs") }, "Logs") : null,
+        h("button", { type: "button", class: "small", "aria-label": `Version Events, version ${version}`, onclick: () => show(version, "events") }, "Version Events")));
   }
 
   async function show(version, what) {
