@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 from http import HTTPStatus
@@ -31,11 +30,6 @@ from modelhost.gateway.serving import ServingAPI
 
 log = logging.getLogger("modelhost.gateway")
 
-# The pool sets its own framing (Content-Length) and connection handling; a model is code that
-# may not be trusted with the caller's credentials.
-NOT_FORWARDED = HOP_BY_HOP | {
-    b"content-length", b"authorization", b"cookie", b"proxy-authorization"
-}  # fmt: skip
 # What the gateway answers itself, to GET or HEAD.
 PAGES = ("/health", "/openapi.json", "/docs", "/metrics")
 
@@ -139,13 +133,11 @@ class Gateway:
         try:
             version, server = self._route(name, ref)
             pool = self._pools.get(server.number) or self._pool(server)
-            body = await read_body(dict(scope["headers"]), receive, self.settings.max_body_bytes)
-            forwarded = [(k, v) for k, v in scope["headers"] if k not in NOT_FORWARDED]
-            # The server times out scoring itself; this bounds a server that answers nothing.
-            async with asyncio.timeout(self.settings.timeout_s):
-                answer = await pool.request(
-                    "POST", f"/versions/{version}/invocations", forwarded, body
-                )
+            headers = scope["headers"]
+            body = await read_body(dict(headers), receive, self.settings.max_body_bytes)
+            content_type = next((v for k, v in headers if k == b"content-type"), b"")
+            # The server times out scoring itself; the pool bounds one that answers nothing.
+            answer = await pool.score(version, content_type, body, self.settings.timeout_s)
         except ModelhostError as e:
             headers = retry if isinstance(e, NotReady) else ()
             await respond(send, e.status, e.body(), headers=headers)
