@@ -1,10 +1,10 @@
 """Kept-alive HTTP/1.1 connections to one model server: the scoring path's only hop.
 
-Every scoring request crosses the gateway, so this does the least it can: one write per request,
-httptools (uvicorn's own parser) to read the answer, and idle connections reused. The scoring
-requests for one version that arrive in the same pass of the event loop go as one pack
-(`modelhost.packing`): one exchange for the crowd, handed to the server's batcher at once. It speaks
-only to modelhost's model servers, over their Unix sockets, which answer every request with a
+Every scoring request crosses the gateway, so this does the least it can: one write per
+exchange, httptools (uvicorn's own parser) to read the answer, and idle connections reused. The
+scoring requests for one version that arrive in the same pass of the event loop go as one pack
+(`modelhost.packing`): one exchange for the crowd, handed to the server's batcher at once. It
+speaks only to modelhost's model servers, over their Unix sockets, which answer every request with a
 Content-Length, so it needs none of a general client's features (redirects, cookies, TLS,
 compression, proxies). The registry's traffic goes through `proxy.Upstream` instead.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass
+from itertools import zip_longest
 from typing import cast
 
 import httptools
@@ -148,6 +149,8 @@ class ConnectionPool:
 
     async def _send(self, version: str, waiting: list[_Waiting], timeout_s: float) -> None:
         """One exchange for `waiting`; every answer or failure goes to its request's future."""
+        answers: list[Response] = []
+        error: Exception = UpstreamClosed("The exchange with the model server was cut short.")
         try:
             if len(waiting) == 1:
                 one = waiting[0]
@@ -155,13 +158,15 @@ class ConnectionPool:
             else:
                 answers = await self._packed(version, waiting, timeout_s)
         except (UpstreamClosed, TimeoutError) as e:
-            for request in waiting:
-                if not request.answer.done():
-                    request.answer.set_exception(e)
-            return
-        for request, answer in zip(waiting, answers, strict=True):
-            if not request.answer.done():
-                request.answer.set_result(answer)
+            error = e
+        finally:  # whatever happened, no request is left waiting
+            for request, answer in zip_longest(waiting, answers):
+                if request.answer.done():  # its caller left
+                    continue
+                if answer is None:
+                    request.answer.set_exception(error)
+                else:
+                    request.answer.set_result(answer)
 
     async def _alone(
         self, version: str, content_type: bytes, body: bytes, timeout_s: float
