@@ -203,5 +203,11 @@ def test_mlflow_ui_is_served_under_mlflow(served):
     found = httpx.get(f"{served.url}/mlflow/ajax-api/2.0/mlflow/registered-models/search")
     assert found.status_code == 200
     assert [m["name"] for m in found.json()["registered_models"]] == [MODEL]
+    # The MLmodel its model version page shows.
+    mlmodel = httpx.get(
+        f"{served.url}/mlflow/model-versions/get-artifact",
+        params={"path": "MLmodel", "name": MODEL, "version": "1"},
+    )
+    assert mlmodel.status_code == 200 and "flavors:" in mlmodel.text
     assert httpx.get(f"{served.url}/mlflow/nothing/here").status_code == 404
     assert httpx.post(f"{served.url}/mlflow/").status_code == 405

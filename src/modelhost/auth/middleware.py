@@ -29,6 +29,7 @@ from modelhost.auth.experiments import MODEL_VERSIONS_TAG, Locator, redacted
 from modelhost.auth.limits import FailureLimiter, retry_after
 from modelhost.auth.origin import CROSS_SITE, changes, cross_site, same_origin
 from modelhost.auth.policy import (
+    ADMIN_ONLY,
     EXPERIMENT,
     SCORING,
     Level,
@@ -49,6 +50,7 @@ from modelhost.errors import (
     Unauthenticated,
 )
 from modelhost.gateway.paths import (
+    MLFLOW_UI_CALLS,
     MODELHOST_ROOT,
     mlflow_ui_file,
     registry_route,
@@ -75,6 +77,9 @@ ABOUT_A_MODEL = {
     "models/example": Rule("Reading an example of", Level.READ, "registered_model_name"),
     "metrics/series": Rule("Reading the metrics of", Level.READ, "registered_model_name"),
 }
+# MLflow's UI calls outside its API roots: a registered version's files need READ on the model;
+# a run's files and GraphQL queries are judged by nothing here yet, so only admins make them.
+UI_CALLS = {"/model-versions/get-artifact": Rule("Reading", Level.READ, "name")}
 ENDED = (
     "The browser's session has ended (signed out, expired, its token revoked, or the gateway "
     "restarted): sign in again."
@@ -121,7 +126,9 @@ class Auth:
                 await self.app(scope, receive, send)
             else:
                 await _error(send, denied(SCORING, name))
-        elif (about := ABOUT_A_MODEL.get(path[len(MODELHOST_ROOT) :])) is not None:
+        elif path.startswith(MODELHOST_ROOT) and (
+            about := ABOUT_A_MODEL.get(path[len(MODELHOST_ROOT) :])
+        ):
             if scope["method"] != "GET":
                 await self.app(scope, receive, send)  # the gateway answers 405, doing nothing
             else:
@@ -134,6 +141,9 @@ class Auth:
             else:
                 await self._guarded(serving_rule(scope["method"], action),
                                     principal, scope, receive, send)  # fmt: skip
+        elif path in MLFLOW_UI_CALLS:
+            rule = UI_CALLS.get(path, ADMIN_ONLY) if scope["method"] == "GET" else ADMIN_ONLY
+            await self._guarded(rule, principal, scope, receive, send)
         elif (route := registry_route(path)) is not None:
             rule = registry_rule(scope["method"], *route)
             await self._guarded(rule, principal, scope, receive, send)

@@ -30,6 +30,7 @@ from modelhost.gateway.metrics import GatewayMetrics
 from modelhost.gateway.page_api import PageAPI
 from modelhost.gateway.paths import (
     MLFLOW_UI,
+    MLFLOW_UI_CALLS,
     MODELHOST_ROOT,
     mlflow_ui_file,
     registry_route,
@@ -120,7 +121,7 @@ class Gateway:
             await respond(send, error.status, error.body())
         elif (action := serving_action(path)) is not None:
             await self.serving_api(scope, receive, send, action)
-        elif registry_route(path) is not None:
+        elif registry_route(path) is not None or path in MLFLOW_UI_CALLS:
             assert self._registry is not None, "lifespan startup has run"
             if scope["method"] == "PUT" and (refused := self._upload_refused(scope)):
                 await respond(send, refused.status, refused.body())

@@ -44,6 +44,9 @@ SERVING_ROOTS = ("/api/2.0/preview/mlflow/endpoints/", "/api/2.0/mlflow/endpoint
 MODELHOST_ROOT = "/api/2.0/modelhost/"
 MLFLOW_UI = "/mlflow/"  # MLflow's UI: its index page
 MLFLOW_FILES = "/static-files/"  # where MLflow's UI has its scripts, styles and images
+# What else MLflow's UI calls on its server, outside the API roots: the MLmodel of a registered
+# version, a run's files, and its GraphQL queries.
+MLFLOW_UI_CALLS = ("/model-versions/get-artifact", "/get-artifact", "/graphql")
 
 
 class Normalized:
@@ -107,7 +110,7 @@ def mlflow_ui_path(path: str) -> str | None:
     if not path.startswith(MLFLOW_UI):
         return None
     inner = path[len(MLFLOW_UI) - 1 :]
-    if inner.startswith(MLFLOW_FILES) or registry_route(inner) is not None:
+    if inner.startswith(MLFLOW_FILES) or inner in MLFLOW_UI_CALLS or registry_route(inner):
         return inner
     return None
 
