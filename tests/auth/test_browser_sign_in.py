@@ -118,6 +118,7 @@ def test_sign_in_use_and_sign_out(platform):
     ended = browser.send("GET", f"{API}/get-status", params=_model())
     assert ended.status_code == 401 and "sign in again" in ended.json()["message"]
     assert browser.send("GET", SESSION).json()["user"] is None
+    assert browser.cookie is None  # the ended session's cookie is cleared
 
 
 def test_readers_only_and_levels(platform):
@@ -183,6 +184,10 @@ def test_no_site_signs_a_browser_in_and_no_cookie_is_taken_from_the_caller(platf
     # ...and signing in with it held gives a new one.
     assert planted.sign_in(platform.tokens["reader"]).status_code == 200
     assert planted.cookie not in (None, "chosen-by-an-attacker")
+    # A token in a URL is no credential: it would be kept in histories and logs.
+    for key in ("token", "access_token"):
+        in_url = {**_model(), key: platform.tokens["admin"]}
+        assert httpx.get(f"{platform.url}{API}/get-status", params=in_url).status_code == 401
     # A token in the cookie is not a session either.
     as_token = Browser(platform.url, site=platform.url)
     as_token.cookie = platform.tokens["admin"]

@@ -48,7 +48,9 @@ class SessionAPI:
             await refuse_method(send, scope, METHODS)
             return
         if method == "GET":
-            await _answer(send, caller)
+            # A cookie that names no session any more is cleared, so the page starts afresh.
+            ended = caller is None and session_id(scope["headers"]) is not None
+            await _answer(send, caller, CLEARED if ended else None)
             return
         if cross_site(scope):
             await _error(send, PermissionDenied(CROSS_SITE))
