@@ -10,12 +10,15 @@ histogram's bucket counts in the interval, as Prometheus' `histogram_quantile` d
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from modelhost.gateway.metrics import LATENCY_BUCKETS, GatewayMetrics, VersionCounts
+
+log = logging.getLogger("modelhost.gateway")
 
 INTERVAL_S = 5.0
 WINDOW_S = 15 * 60.0
@@ -60,7 +63,10 @@ class Series:
         """Sample every `interval_s` until cancelled."""
         while True:
             await asyncio.sleep(self.interval_s)
-            self.sample()
+            try:
+                self.sample()
+            except Exception:  # a bug of ours: say so, and keep sampling
+                log.exception("Sampling the metrics series failed; the plots miss a point.")
 
     def sample(self) -> None:
         """One point for every version counted so far: what it answered since the last one."""
