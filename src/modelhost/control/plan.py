@@ -17,7 +17,7 @@ The rules, per served model:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from modelhost.control.placement import Preparation, PreparationKey, PreparationState
@@ -188,7 +188,7 @@ def _plan_model(
             if p is not None and p.state is PreparationState.PREPARED:
                 assert p.environment is not None, "a prepared version has its environment"
                 wanted.setdefault(environment_key(p.environment), {})[version] = p
-        routes[version] = route
+        routes[version] = replace(route, **_named(model, version))
         _record_change(name, version, route, before_versions.get(version), actions)
     for version in before_versions.keys() - model.versions.keys():
         actions.append(Record(name, f"Version {version} is no longer served.", version))
@@ -312,6 +312,16 @@ def _refs(
         elif before.get(ref) in ready:
             refs[ref] = before[ref]
     return refs
+
+
+def _named(model: DesiredModel, version: str) -> dict[str, tuple[str, ...]]:
+    """The stage and aliases the registry gives `version`, as its route shows them."""
+    assert model.versions is not None
+    stage = model.versions[version]
+    return {
+        "stages": (stage,) if stage in STAGES else (),
+        "aliases": tuple(sorted(a for a, v in model.aliases.items() if v == version)),
+    }
 
 
 def _endpoint_state(

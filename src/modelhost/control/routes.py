@@ -50,6 +50,9 @@ class VersionRoute:
     state: VersionState
     message: str
     server: ServerAddress | None = None  # set exactly when the version is ready
+    # What the registry says of it (for the serving API): its stage, if any, and its aliases.
+    stages: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import httpx
 import orjson
 
 from modelhost.asgi import Receive, Scope, Send, read_body, refuse_method, respond
+from modelhost.auth.origin import CROSS_SITE, changes, cross_site
 from modelhost.config import UpSettings
 from modelhost.control.routes import ServerAddress, VersionState
 from modelhost.control.serving import ServingControl
@@ -19,13 +20,25 @@ from modelhost.errors import (
     NotFound,
     NotReady,
     PayloadTooLarge,
+    PermissionDenied,
     Timeout,
 )
 from modelhost.gateway import openapi
+from modelhost.gateway.examples import Examples
 from modelhost.gateway.metrics import GatewayMetrics
-from modelhost.gateway.paths import registry_route, scoring_target, serving_action
+from modelhost.gateway.page_api import PageAPI
+from modelhost.gateway.paths import (
+    MLFLOW_UI,
+    MLFLOW_UI_CALLS,
+    MODELHOST_ROOT,
+    mlflow_ui_file,
+    registry_route,
+    scoring_target,
+    serving_action,
+)
 from modelhost.gateway.pool import ConnectionPool, UpstreamClosed
 from modelhost.gateway.proxy import HOP_BY_HOP, Upstream
+from modelhost.gateway.series import Series
 from modelhost.gateway.serving import ServingAPI
 
 log = logging.getLogger("modelhost.gateway")
@@ -52,6 +65,9 @@ class Gateway:
         self._registry: Upstream | None = None
         self._pools: dict[int, ConnectionPool] = {}  # by model server (its number)
         self.metrics = GatewayMetrics(served=lambda name: name in control.routes.models)
+        self.series = Series(self.metrics)
+        self.page_api = PageAPI(Examples(registry_url), self.series)
+        self._sampling: asyncio.Task | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -73,9 +89,12 @@ class Gateway:
                     bearer=self.registry_secret,
                     max_per_client=self.settings.registry_requests_per_client,
                 )
+                self._sampling = asyncio.create_task(self.series.run(), name="metrics series")
                 gc.freeze()  # what startup made (MLflow's modules above all) stays: never walk it
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if self._sampling:
+                    self._sampling.cancel()
                 if self._registry:
                     await self._registry.close()
                 for pool in self._pools.values():
@@ -90,14 +109,26 @@ class Gateway:
                 await self._score(scope, receive, send, *target)
             else:
                 await refuse_method(send, scope, ("POST",))
+        elif changes(scope) and cross_site(scope):
+            # Another site's page made the browser send it: with auth off nothing else stops it.
+            error = PermissionDenied(CROSS_SITE)
+            await respond(send, error.status, error.body())
         elif (action := serving_action(path)) is not None:
             await self.serving_api(scope, receive, send, action)
-        elif registry_route(path) is not None:
+        elif registry_route(path) is not None or path in MLFLOW_UI_CALLS:
             assert self._registry is not None, "lifespan startup has run"
             if scope["method"] == "PUT" and (refused := self._upload_refused(scope)):
                 await respond(send, refused.status, refused.body())
                 return
             await self._registry.forward(scope, receive, send)
+        elif path.startswith(MODELHOST_ROOT):
+            await self.page_api(scope, receive, send)
+        elif mlflow_ui_file(path) and scope["method"] not in ("GET", "HEAD"):
+            await refuse_method(send, scope, ("GET", "HEAD"))
+        elif mlflow_ui_file(path):
+            assert self._registry is not None, "lifespan startup has run"
+            # MLflow's index answers at the registry's `/`; its files at their own paths.
+            await self._registry.forward(scope, receive, send, "/" if path == MLFLOW_UI else None)
         elif path in PAGES and scope["method"] not in ("GET", "HEAD"):
             await refuse_method(send, scope, ("GET", "HEAD"))
         elif path == "/health":

@@ -118,6 +118,7 @@ ENDPOINT_STATUS = _object(
         "state": TEXT,
         "state_message": TEXT,
         "settings": _object({"env_manager": TEXT}),
+        "served_versions": {"type": "integer", "minimum": 0},
     },
     "registered_model_name",
     "state",
@@ -156,6 +157,34 @@ GRANT = _object(
     "level",
 )
 EMPTY = _json({}, {"type": "object"})
+SESSION = _json(
+    {"auth": True, "user": "alice", "admin": False},
+    _object(
+        {
+            "auth": {"type": "boolean"},
+            "user": {"type": ["string", "null"]},
+            "admin": {"type": "boolean"},
+        },
+        "auth",
+        "user",
+        "admin",
+    ),
+)
+_NUMBER_OR_NULL = {"type": ["number", "null"]}
+SERIES_POINT = _object(
+    {
+        "t": {"type": "integer"},
+        "requests_per_s": {"type": "number"},
+        "p50_ms": _NUMBER_OR_NULL,
+        "p99_ms": _NUMBER_OR_NULL,
+        "errors_per_s": {"type": "number"},
+        "requests": {"type": "integer"},
+        "errors": {"type": "integer"},
+    },
+    "t", "requests_per_s", "p50_ms", "p99_ms", "errors_per_s",
+)  # fmt: skip
+SERIES_POINT_EXAMPLE = {"t": 1767225600, "requests_per_s": 2.4, "p50_ms": 3.1, "p99_ms": 9.8,
+                        "errors_per_s": 0.0, "requests": 12, "errors": 0}  # fmt: skip
 _SCORING_EXAMPLE = {"dataframe_split": {"columns": FEATURES, "data": [[5.1, 3.5, 1.4, 0.2]]}}
 
 
@@ -342,6 +371,8 @@ _PATHS: dict[str, Any] = {
                             "endpoint_version_name": TEXT,
                             "state": TEXT,
                             "state_message": TEXT,
+                            "stages": {"type": "array", "items": TEXT},
+                            "aliases": {"type": "array", "items": TEXT},
                         },
                         "registered_model_name",
                         "endpoint_version_name",
@@ -521,6 +552,127 @@ _PATHS: dict[str, Any] = {
         (400, 403),
         parameters=[_query("target", "A registered model or prefix.", required=True)],
     ),
+    f"{AUTH}/session": {
+        method: {
+            "tags": ["Page"],
+            "summary": summary,
+            "description": (
+                "The page's sign-in. POST trades a token for the `modelhost_session` cookie "
+                "(HttpOnly, SameSite=Strict, Path=/, ending with the browser session; it holds "
+                "no token). The cookie signs in wherever a token does, but a change signed in "
+                "only by it must come from the gateway's own pages (`Origin` or "
+                "`Sec-Fetch-Site: same-origin`). With auth off: `auth` false, everything allowed."
+            ),
+            "security": [],  # the credential, if any, is the body's token or the cookie
+            **more,
+            "responses": _answers(SESSION, statuses, said),
+        }
+        for method, summary, statuses, said, more in (
+            ("get", "Who is signed in (answered without a credential too)", (), {}, {}),
+            (
+                "post",
+                "Sign a browser in with a token: sets the session cookie",
+                (400, 403, 413),
+                {
+                    401: "The token is unknown, revoked or expired (a failed sign-in).",
+                    403: "Sent from another site's page.",
+                },
+                {
+                    "requestBody": _body(
+                        _object({"token": {"type": "string", "minLength": 1}}, "token"),
+                        {"token": "mh_..."},
+                    )
+                },
+            ),
+            (
+                "delete",
+                "Sign the browser out: clears the cookie",
+                (403,),
+                {403: "Sent from another site's page."},
+                {},
+            ),
+        )
+    },
+    f"{AUTH}/models/permission": {
+        "get": {
+            "tags": ["Page"],
+            "summary": "The caller's own level on a registered model: what the page may offer",
+            "description": "`NONE` without a grant (whether or not the model exists); `MANAGE` "
+            "for admins and with auth off.",
+            "parameters": [NAME_QUERY],
+            "responses": _answers(
+                _json(
+                    {"registered_model_name": "iris-demo", "permission_level": "READ"},
+                    _object(
+                        {
+                            "registered_model_name": TEXT,
+                            "permission_level": {"enum": [*(lv.name for lv in Level), "NONE"]},
+                        },
+                        "registered_model_name",
+                        "permission_level",
+                    ),
+                ),
+                (400,),
+                {400: "No `registered_model_name` in the query."},
+            ),
+        }
+    },
+    f"{AUTH}/models/example": {
+        "get": {
+            "tags": ["Page"],
+            "summary": "A body to score a version with: its logged input example, or a "
+            "skeleton from its signature",
+            "parameters": [NAME_QUERY, _query("version", "The version, e.g. `1`.", True)],
+            "responses": _answers(
+                _json(
+                    {"example": _SCORING_EXAMPLE, "source": "input_example"},
+                    _object(
+                        {"example": {}, "source": {"enum": ["input_example", "signature"]}},
+                        "example",
+                        "source",
+                    ),
+                ),
+                (400, 403, 404, 503),
+                {
+                    400: "No `registered_model_name` or `version` in the query, or more than one.",
+                    403: NO_GRANT.format(level="READ"),
+                    404: "No such version, or it was logged with neither an input example nor "
+                    "a signature.",
+                    503: "The registry did not answer; see `Retry-After`.",
+                },
+            ),
+        }
+    },
+    f"{AUTH}/metrics/series": {
+        "get": {
+            "tags": ["Page"],
+            "summary": "The last 15 minutes of scoring per version, every `interval_s` seconds",
+            "description": "Oldest first; `p50_ms` and `p99_ms` are null in an interval with no "
+            "request. Errors are answers with a status of 400 or above.",
+            "parameters": [NAME_QUERY],
+            "responses": _answers(
+                _json(
+                    {"interval_s": 5, "versions": {"1": [SERIES_POINT_EXAMPLE]}},
+                    _object(
+                        {
+                            "interval_s": {"type": "number"},
+                            "versions": {
+                                "type": "object",
+                                "additionalProperties": {"type": "array", "items": SERIES_POINT},
+                            },
+                        },
+                        "interval_s",
+                        "versions",
+                    ),
+                ),
+                (400, 403),
+                {
+                    400: "No `registered_model_name` in the query, or more than one.",
+                    403: NO_GRANT.format(level="READ"),
+                },
+            ),
+        }
+    },
     "/health": {
         "get": {
             "tags": ["Operations"],

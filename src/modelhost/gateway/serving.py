@@ -83,6 +83,8 @@ class ServingAPI:
                         "endpoint_version_name": version,
                         "state": route.state.value,
                         "state_message": route.message,
+                        "stages": list(route.stages),
+                        "aliases": list(route.aliases),
                     }
                     for version, route in sorted(versions.items(), key=lambda item: int(item[0]))
                 ]
@@ -101,6 +103,7 @@ class ServingAPI:
             "state": (routes.state if routes else EndpointState.PENDING).value,
             "state_message": routes.message if routes else "Starting the model server.",
             "settings": settings,
+            "served_versions": len(routes.versions) if routes else 0,
         }
 
     async def _name_from_body(self, scope: Scope, receive: Receive) -> tuple[str, dict]:
