@@ -142,7 +142,7 @@ class Gateway:
             body = await read_body(dict(scope["headers"]), receive, self.settings.max_body_bytes)
             forwarded = [(k, v) for k, v in scope["headers"] if k not in NOT_FORWARDED]
             # The server times out scoring itself; this bounds a server that answers nothing.
-            async with asyncio.timeout(self.settings.timeout_s):
+            async with asyncio.timeout(self.control.routes.timeout_s(name)):
                 answer = await pool.request(
                     "POST", f"/versions/{version}/invocations", forwarded, body
                 )
