@@ -100,7 +100,7 @@ def serve_versions(settings: ServeSettings) -> None:
         settings.export()
         config = uvicorn.Config("modelhost.worker.app:create_platform_app", **_options(settings))
         # Uvicorn's own supervisor: it starts the processes, and replaces one that dies or hangs.
-        Multiprocess(config, target=uvicorn.Server(config).run, sockets=[listener]).run()
+        Multiprocess(config, sockets=[listener]).run()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
