@@ -117,7 +117,7 @@ def test_a_served_model_shows_the_platforms_defaults(client, served):
 
 def test_bad_settings_get_400_saying_what_they_may_be(client, served):
     for settings, said in [
-        ({"workers": 0}, "workers must be a whole number of worker processes from 1 to 64"),
+        ({"workers": 0}, "workers must be a whole number of worker processes from 1 to 16"),
         ({"workers": "two"}, "not 'two'"),
         ({"max_batch_size": -5}, "max_batch_size must be a whole number of rows per predict"),
         ({"max_batch_delay_ms": "soon"}, "max_batch_delay_ms must be a number of milliseconds"),
@@ -218,7 +218,7 @@ def test_the_command_line_sets_and_shows_settings(platform, client, served):
     ]
     refused = cli(platform, "settings", NAME, "--workers", "0")
     assert refused.returncode != 0
-    assert "workers must be a whole number of worker processes from 1 to 64" in refused.stderr
+    assert "workers must be a whole number of worker processes from 1 to 16" in refused.stderr
     missing = cli(platform, "settings", NAME, "--remove-tag", "nope")
     assert missing.returncode != 0 and "has no tag 'nope'" in missing.stderr
 

@@ -51,7 +51,7 @@ def settings_options(command: F) -> F:
             click.option(
                 "--workers", type=int, default=None,
                 help="Worker processes of each model server, each holding every version "
-                "(1 to 64).  [default: 1]",
+                "(1 to 16).  [default: 1]",
             ),
             click.option(
                 "--max-batch-size", type=int, default=None,

@@ -38,7 +38,7 @@ def test_every_setting_is_taken_as_given():
 @pytest.mark.parametrize(
     ("given", "said"),
     [
-        ({"workers": 0}, "workers must be a whole number of worker processes from 1 to 64"),
+        ({"workers": 0}, "workers must be a whole number of worker processes from 1 to 16"),
         ({"workers": 1.5}, "workers must be a whole number"),
         ({"workers": True}, "workers must be a whole number"),
         ({"workers": "2"}, "not '2'"),

@@ -15,7 +15,7 @@ from modelhost.config import PLATFORM_MAX_BATCH_DELAY_MS, EnvManager, ServeSetti
 from modelhost.errors import InvalidInput
 
 # Allowed ranges, inclusive (timeout: above its lower bound).
-WORKERS = (1, 64)
+WORKERS = (1, 16)  # processes per model server, each holding every version
 MAX_BATCH_SIZE = (1, 100_000)
 MAX_BATCH_DELAY_MS = (0.0, 10_000.0)
 TIMEOUT_S = (0.0, 86_400.0)
