@@ -9,8 +9,11 @@ from pathlib import Path
 
 import httpx
 import mlflow
+import numpy as np
+import pandas as pd
 import pytest
 import sqlalchemy as sa
+from mlflow.models import infer_signature
 from prometheus_client.parser import text_string_to_metric_families
 from support import FEATURES, Load, Platform, cli, eventually, log_iris, model_servers
 
@@ -20,6 +23,7 @@ API = "/api/2.0/preview/mlflow/endpoints"
 NAME = "fraud scorer"
 QUOTED = "fraud%20scorer"
 UP_TIMEOUT_S = 30  # `up --timeout`: the default of every model that sets none
+TOYS = Path(__file__).parent / "toys"
 
 
 @pytest.fixture(scope="module")
@@ -221,6 +225,35 @@ def test_the_command_line_sets_and_shows_settings(platform, client, served):
     assert "workers must be a whole number of worker processes from 1 to 16" in refused.stderr
     missing = cli(platform, "settings", NAME, "--remove-tag", "nope")
     assert missing.returncode != 0 and "has no tag 'nope'" in missing.stderr
+
+
+def test_a_models_timeout_bounds_its_requests(platform, client):
+    """A model's own timeout_s reaches its server and the gateway; the platform's is 30 s."""
+    name = "slow model"
+    with mlflow.start_run():
+        mlflow.pyfunc.log_model(
+            name="model", python_model=str(TOYS / "sleeper.py"), registered_model_name=name,
+            pip_requirements=["mlflow", "pandas"],
+            signature=infer_signature(pd.DataFrame({"seconds": [0.1]}), np.zeros(1)),
+        )  # fmt: skip
+    enabled = client.post(f"{API}/enable", json={"registered_model_name": name, "timeout_s": 1})
+    assert enabled.status_code == 200, enabled.text
+    url = "/model/slow%20model/1/invocations"
+
+    def seconds(n: float) -> dict:
+        return {"dataframe_split": {"columns": ["seconds"], "data": [[n]]}}
+
+    def answers():
+        # 0.1 s calls: the model server then predicts on a thread, off its event loop.
+        quick = client.post(url, json=seconds(0.1))
+        assert quick.status_code == 200, quick.text
+
+    eventually(answers, timeout_s=180)
+    slow = client.post(url, json=seconds(2.5))  # well within the platform's 30 s
+    assert slow.status_code == 504, slow.text
+    assert slow.json()["error_code"] == "DEADLINE_EXCEEDED"
+    eventually(answers, timeout_s=60)  # once the slow call is over, served as usual
+    assert client.post(f"{API}/disable", json={"registered_model_name": name}).status_code == 200
 
 
 def test_a_state_database_made_before_cluster_settings_opens(tmp_path):
