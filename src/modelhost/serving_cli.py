@@ -108,12 +108,19 @@ def settings(client: ApiClient, name: str, **options: object) -> None:
         return
     client.call("POST", "update-settings", registered_model_name=name, **changed)
     for key, value in changed.items():
-        if key == "tags":
-            tags = ", ".join(f"{t['key']}={t['value']}" for t in value) or "none"  # type: ignore[attr-defined]
-            click.echo(f"tags of {name}: {tags}.")
-        else:
-            click.echo(f"{key} of {name} is {value:g}." if isinstance(value, float)
-                       else f"{key} of {name} is {value}.")  # fmt: skip
+        click.echo(_said(name, key, value))
+
+
+def _said(name: str, key: str, value: object) -> str:
+    """A setting as set: "workers of NAME is 2.", "tags of NAME: team=fraud."."""
+    if isinstance(value, list):
+        tags = ", ".join(f"{tag['key']}={tag['value']}" for tag in value)
+        return f"{key} of {name}: {tags or 'none'}."
+    return (
+        f"{key} of {name} is {value:g}."
+        if isinstance(value, float)
+        else f"{key} of {name} is {value}."
+    )
 
 
 def _settings(client: ApiClient, name: str, options: dict[str, object]) -> dict[str, object]:

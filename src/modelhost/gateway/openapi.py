@@ -107,7 +107,8 @@ NAME_QUERY = _query(
     "registered_model_name", "The registered model, e.g. `prod.ml_team.iris_model`.", True
 )
 ENV_MANAGER = {"enum": [m.value for m in EnvManager]}
-TAG = _object({"key": TEXT, "value": TEXT}, "key")
+# A tag is these two fields and no other (a third is refused).
+TAG = {**_object({"key": TEXT, "value": TEXT}, "key"), "additionalProperties": False}
 # A served model's settings, each field optional where they are set (control/settings.py).
 SETTINGS_FIELDS = {
     "env_manager": ENV_MANAGER,
