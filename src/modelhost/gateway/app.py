@@ -162,6 +162,7 @@ class Gateway:
         send = self.metrics.watch(name, send)  # counts the answer, whichever it is
 
         retry = ((b"retry-after", b"1"),)
+        timeout_s = self.control.routes.timeout_s(name)  # the model's own, or --timeout
         try:
             version, server = self._route(name, ref)
             pool = self._pools.get(server.number) or self._pool(server)
@@ -169,7 +170,7 @@ class Gateway:
             body = await read_body(dict(headers), receive, self.settings.max_body_bytes)
             content_type = next((v for k, v in headers if k == b"content-type"), b"")
             # The server times out scoring itself; the pool bounds one that answers nothing.
-            answer = await pool.score(version, content_type, body, self.settings.timeout_s)
+            answer = await pool.score(version, content_type, body, timeout_s)
         except ModelhostError as e:
             headers = retry if isinstance(e, NotReady) else ()
             await respond(send, e.status, e.body(), headers=headers)
@@ -180,9 +181,9 @@ class Gateway:
             return
         except TimeoutError:
             error = Timeout(
-                f"The model server of '{name}' did not answer within {self.settings.timeout_s:g} "
-                "s: the model may be too slow for this input (send fewer rows, or raise "
-                "--timeout), or its server hangs and is being replaced (send again shortly)."
+                f"The model server of '{name}' did not answer within {timeout_s:g} s: the model "
+                "may be too slow for this input (send fewer rows, or raise the model's timeout_s "
+                "setting), or its server hangs and is being replaced (send again shortly)."
             )
             await respond(send, error.status, error.body(), headers=retry)
             return

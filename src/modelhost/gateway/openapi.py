@@ -18,6 +18,7 @@ from modelhost.auth.api import MAX_DAYS
 from modelhost.auth.policy import Level
 from modelhost.auth.store import Kind
 from modelhost.config import EnvManager
+from modelhost.control import settings as serving_settings
 
 SERVING = "/api/2.0/preview/mlflow/endpoints"
 AUTH = "/api/2.0/modelhost"
@@ -106,18 +107,46 @@ NAME_QUERY = _query(
     "registered_model_name", "The registered model, e.g. `prod.ml_team.iris_model`.", True
 )
 ENV_MANAGER = {"enum": [m.value for m in EnvManager]}
+# A tag is these two fields and no other (a third is refused).
+TAG = {**_object({"key": TEXT, "value": TEXT}, "key"), "additionalProperties": False}
+# A served model's settings, each field optional where they are set (control/settings.py).
+SETTINGS_FIELDS = {
+    "env_manager": ENV_MANAGER,
+    "workers": {"type": "integer", "minimum": serving_settings.WORKERS[0],
+                "maximum": serving_settings.WORKERS[1]},
+    "max_batch_size": {"type": "integer", "minimum": serving_settings.MAX_BATCH_SIZE[0],
+                       "maximum": serving_settings.MAX_BATCH_SIZE[1]},
+    "max_batch_delay_ms": {"type": "number", "minimum": serving_settings.MAX_BATCH_DELAY_MS[0],
+                           "maximum": serving_settings.MAX_BATCH_DELAY_MS[1]},
+    "timeout_s": {"type": "number", "exclusiveMinimum": serving_settings.TIMEOUT_S[0],
+                  "maximum": serving_settings.TIMEOUT_S[1]},
+    "tags": {"type": "array", "items": TAG, "maxItems": serving_settings.MAX_TAGS},
+}  # fmt: skip
+SETTINGS_SAID = (
+    "Settings (each optional): `env_manager` (`auto` serves each version in modelhost's own "
+    "Python environment when it satisfies the version's requirements, else in one built with "
+    "uv; `local` always modelhost's own; `uv` always a built one); `workers`, the worker "
+    "processes of the model server; `max_batch_size` and `max_batch_delay_ms`, its batching "
+    "limits; `timeout_s`, how long a scoring request may take before it gets 504; `tags`, "
+    "the team's own labels (given, they replace the whole list). A setting not given keeps "
+    "its value (`modelhost up`'s default until set). A change of `workers`, batching or "
+    "`timeout_s` starts a model server with the new settings; each version moves to it once "
+    "it is ready there, and the old server stops: no request fails meanwhile."
+)
 _ENDPOINT_STATUS = {
     "registered_model_name": "iris-demo",
     "state": "ENDPOINT_STATE_READY",
     "state_message": "The model server is up.",
-    "settings": {"env_manager": "auto"},
-}
+    "settings": {"env_manager": "auto", "workers": 1, "max_batch_size": 2048,
+                 "max_batch_delay_ms": 8, "timeout_s": 60,
+                 "tags": [{"key": "team", "value": "fraud"}]},
+}  # fmt: skip
 ENDPOINT_STATUS = _object(
     {
         "registered_model_name": TEXT,
         "state": TEXT,
         "state_message": TEXT,
-        "settings": _object({"env_manager": TEXT}),
+        "settings": _object(SETTINGS_FIELDS, *serving_settings.FIELDS),
         "served_versions": {"type": "integer", "minimum": 0},
     },
     "registered_model_name",
@@ -199,7 +228,8 @@ def _serving_change(summary: str, fields: dict[str, Any], example: dict[str, Any
             EMPTY,
             (400, 403, 404, 413),
             {
-                400: "No `registered_model_name` in the body, or a bad `env_manager`.",
+                400: "No `registered_model_name` in the body, or a bad or unknown setting: "
+                "the message says what it may be.",
                 403: NO_GRANT.format(level="MANAGE"),
                 404: "The registry has no such registered model, or (to turn serving off or "
                 "change its settings) serving is not enabled for it.",
@@ -300,14 +330,10 @@ _PATHS: dict[str, Any] = {
         "post": {
             **_serving_change(
                 "Serve every non-archived version of a registered model",
-                {"env_manager": ENV_MANAGER},
-                {"registered_model_name": "iris-demo", "env_manager": "auto"},
+                SETTINGS_FIELDS,
+                {"registered_model_name": "iris-demo", "env_manager": "auto", "workers": 1},
             ),
-            "description": (
-                "`env_manager` (optional): `auto` serves each version in modelhost's own Python "
-                "environment when it satisfies the version's requirements, else in one built "
-                "with uv; `local` always modelhost's own; `uv` always a built one."
-            ),
+            "description": SETTINGS_SAID,
         }
     },
     f"{SERVING}/disable": {
@@ -320,14 +346,13 @@ _PATHS: dict[str, Any] = {
     f"{SERVING}/update-settings": {
         "post": {
             **_serving_change(
-                "Change a served model's settings: `env_manager`",
-                {"env_manager": ENV_MANAGER},
-                {"registered_model_name": "iris-demo", "env_manager": "auto"},
+                "Change some of a served model's settings",
+                SETTINGS_FIELDS,
+                {"registered_model_name": "iris-demo", "workers": 2, "max_batch_size": 64},
             ),
-            "description": (
-                "The versions are prepared again in the new environment; each keeps serving "
-                "from the old one until it is ready in the new."
-            ),
+            "description": SETTINGS_SAID + " A new `env_manager` prepares the versions again in "
+            "the new environment; each keeps serving from the old one until it is ready in the "
+            "new. At least one setting must be given.",
         }
     },
     f"{SERVING}/get-status": {

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from http import HTTPStatus
+from pathlib import Path
 
 import mlflow
 import orjson
@@ -23,6 +25,7 @@ from modelhost.errors import (
 )
 from modelhost.worker import metrics, protocol
 from modelhost.worker.model import ServedModel
+from modelhost.worker.replicas import FOLDER_ENV, Replicas
 from modelhost.worker.versions import Version, Versions, VersionState
 
 log = logging.getLogger("modelhost.worker")
@@ -45,10 +48,16 @@ class ModelServer:
     """
 
     def __init__(
-        self, settings: ServeSettings, versions: Versions, default: str | None, control: bool
+        self,
+        settings: ServeSettings,
+        versions: Versions,
+        default: str | None,
+        control: bool,
+        replicas: Replicas | None = None,
     ) -> None:
         self.settings = settings
         self.versions = versions
+        self.replicas = replicas  # with several worker processes: what they all hold
         self.default = default  # the version /invocations answers, in `modelhost serve`
         self.control = control
         self._routes = {
@@ -74,8 +83,12 @@ class ModelServer:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 await self.versions.start()
+                if self.replicas is not None:
+                    self.replicas.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if self.replicas is not None:
+                    await self.replicas.close()
                 await self.versions.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -240,10 +253,13 @@ class ModelServer:
         except ModelhostError as e:
             await respond(send, e.status, e.body())
             return
+        if self.replicas is not None:
+            self.replicas.want(name, model_uri, local_path)
         await respond(send, HTTPStatus.ACCEPTED, orjson.dumps(version.describe()))
 
     async def _unload(self, name: str, send: Send) -> None:
-        if await self.versions.unload(name):
+        dropped = self.replicas is not None and self.replicas.drop(name)
+        if await self.versions.unload(name) or dropped:
             await respond(send, HTTPStatus.OK, b"{}")
         else:
             error = NotFound(f"This server holds no version {name!r}.")
@@ -265,7 +281,8 @@ class ModelServer:
 
     async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Reads state only, never calls a model, so it answers while one predicts.
-        faults, versions = self.versions.faults(), self.versions.describe()
+        faults = self.versions.faults()
+        versions = (self.replicas or self.versions).describe()
         if not faults:
             await respond(
                 send, HTTPStatus.OK, orjson.dumps({"status": "READY", "versions": versions})
@@ -304,4 +321,7 @@ def create_app() -> ModelServer:
 def create_platform_app() -> ModelServer:
     """Factory for a platform server: it starts empty and loads the versions it is told to."""
     settings = ServeSettings.from_env()
-    return ModelServer(settings, Versions(settings, tag_logs=True), default=None, control=True)
+    versions = Versions(settings, tag_logs=True)
+    folder = os.environ.get(FOLDER_ENV)
+    replicas = Replicas(Path(folder), versions, settings.workers) if folder else None
+    return ModelServer(settings, versions, default=None, control=True, replicas=replicas)
