@@ -115,7 +115,7 @@ def test_a_version_answers_from_the_environment_it_declares(client, pinned):
     assert f" + six=={PINNED_SIX}" in built  # uv's own output, in the version's logs
     assert "Built the model's environment" in built and "Loading version 1" in built
     status = client.get(f"{API}/get-status", params={"registered_model_name": "pinned"}).json()
-    assert status["endpoint_status"]["settings"] == {"env_manager": "auto"}
+    assert status["endpoint_status"]["settings"]["env_manager"] == "auto"
 
 
 def test_a_model_with_the_same_needs_reuses_the_environment(platform, client, pinned):
@@ -197,8 +197,8 @@ def test_changing_env_manager_moves_versions_with_no_failed_request(platform, cl
 
     eventually(environment_server_stopped, timeout_s=30)  # nothing it held is served from it
     status = json.loads(cli(platform, "status", name).stdout)
-    assert status["settings"] == {"env_manager": "local"}
-    assert "env_manager set to local." in events(client, name)
+    assert status["settings"]["env_manager"] == "local"
+    assert "Settings changed: env_manager auto → local." in events(client, name)
 
 
 def test_a_state_database_made_before_serving_settings_gets_them(tmp_path):
@@ -214,9 +214,8 @@ def test_a_state_database_made_before_serving_settings_gets_them(tmp_path):
         db.execute(sa.text("INSERT INTO serving VALUES ('older', 1.0)"))
     engine.dispose()
     store = StateStore(url)
-    assert store.served() == {"older": None}  # None: the platform's default
-    assert store.set_env_manager("older", "uv")
-    assert not store.set_env_manager("older", "uv")  # no change
-    assert not store.set_env_manager("never served", "uv")
-    assert store.served() == {"older": "uv"}
+    assert store.served() == {"older": {}}  # nothing set: the platform's defaults
+    assert store.update("older", {"env_manager": "uv"})
+    assert not store.update("never served", {"env_manager": "uv"})
+    assert store.served() == {"older": {"env_manager": "uv"}}
     store.engine.dispose()

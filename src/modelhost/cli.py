@@ -273,6 +273,13 @@ def up(**options: object) -> None:
     required=True,
     help="The bound Unix socket to serve on, handed over open by `modelhost up`.",
 )
+@click.option(
+    "--workers",
+    default=ServeSettings.workers,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Worker processes, each holding every version it is told to.",
+)
 @_max_batch_size()
 @_max_batch_delay_ms(PLATFORM_MAX_BATCH_DELAY_MS)
 @_max_body_mb()

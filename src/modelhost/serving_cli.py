@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import click
 
 from modelhost.api_client import ApiClient, show
-from modelhost.config import EnvManager
+from modelhost.config import PLATFORM_MAX_BATCH_DELAY_MS, EnvManager, ServeSettings
 
 PREFIX = "/api/2.0/preview/mlflow/endpoints"
 
@@ -34,30 +37,116 @@ ENV_MANAGER_HELP = (
 )
 
 
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def settings_options(command: F) -> F:
+    """The settings flags of `enable` and `settings`; the gateway checks their values."""
+    for option in reversed(
+        [
+            click.option(
+                "--env-manager", type=ENV_MANAGERS, default=None,
+                help=f"{ENV_MANAGER_HELP}  [default: the one `modelhost up` was started with]",
+            ),
+            click.option(
+                "--workers", type=int, default=None,
+                help="Worker processes of each model server, each holding every version "
+                "(1 to 16).  [default: 1]",
+            ),
+            click.option(
+                "--max-batch-size", type=int, default=None,
+                help="Most input rows one predict call combines; 1 turns batching off.  "
+                f"[default: {ServeSettings.max_batch_size}]",
+            ),
+            click.option(
+                "--max-batch-delay-ms", type=float, default=None,
+                help="Longest a batch waits for requests that have already arrived.  "
+                f"[default: {PLATFORM_MAX_BATCH_DELAY_MS:g}]",
+            ),
+            click.option(
+                "--timeout", "timeout_s", type=float, default=None,
+                help="Seconds a scoring request may take before it gets 504.  "
+                "[default: `modelhost up --timeout`]",
+            ),
+            click.option(
+                "--tag", "tags", multiple=True, metavar="KEY=VALUE",
+                help="Set a tag (again for more); a key it has already gets the new value.",
+            ),
+            click.option(
+                "--remove-tag", "removed_tags", multiple=True, metavar="KEY",
+                help="Remove a tag (again for more).",
+            ),
+        ]
+    ):  # fmt: skip
+        command = option(command)
+    return command
+
+
 @serving.command()
 @name_argument
-@click.option(
-    "--env-manager",
-    type=ENV_MANAGERS,
-    default=None,
-    help=f"{ENV_MANAGER_HELP}  [default: the one `modelhost up` was started with]",
-)
+@settings_options
 @click.pass_obj
-def enable(client: ApiClient, name: str, env_manager: str | None) -> None:
+def enable(client: ApiClient, name: str, **options: object) -> None:
     """Serve every non-archived version of registered model NAME."""
-    fields = {"env_manager": env_manager} if env_manager else {}
-    client.call("POST", "enable", registered_model_name=name, **fields)
+    client.call("POST", "enable", registered_model_name=name, **_settings(client, name, options))
     click.echo(f"Serving enabled for {name}.")
 
 
 @serving.command()
 @name_argument
-@click.option("--env-manager", type=ENV_MANAGERS, required=True, help=ENV_MANAGER_HELP)
+@settings_options
 @click.pass_obj
-def settings(client: ApiClient, name: str, env_manager: str) -> None:
-    """Change how NAME is served; its versions move once they are ready again."""
-    client.call("POST", "update-settings", registered_model_name=name, env_manager=env_manager)
-    click.echo(f"env_manager of {name} is {env_manager}.")
+def settings(client: ApiClient, name: str, **options: object) -> None:
+    """Change how NAME is served; its versions move once new servers hold them ready.
+
+    With no flags, show its settings.
+    """
+    changed = _settings(client, name, options)
+    if not changed:
+        show(client.call("GET", "get-status", registered_model_name=name)["endpoint_status"]
+             ["settings"])  # fmt: skip
+        return
+    client.call("POST", "update-settings", registered_model_name=name, **changed)
+    for key, value in changed.items():
+        click.echo(_said(name, key, value))
+
+
+def _said(name: str, key: str, value: object) -> str:
+    """A setting as set: "workers of NAME is 2.", "tags of NAME: team=fraud."."""
+    if isinstance(value, list):
+        tags = ", ".join(f"{tag['key']}={tag['value']}" for tag in value)
+        return f"{key} of {name}: {tags or 'none'}."
+    return (
+        f"{key} of {name} is {value:g}."
+        if isinstance(value, float)
+        else f"{key} of {name} is {value}."
+    )
+
+
+def _settings(client: ApiClient, name: str, options: dict[str, object]) -> dict[str, object]:
+    """The settings the flags set, as the serving API takes them."""
+    tags: tuple[str, ...] = options.pop("tags")  # type: ignore[assignment]
+    removed: tuple[str, ...] = options.pop("removed_tags")  # type: ignore[assignment]
+    fields = {key: value for key, value in options.items() if value is not None}
+    if tags or removed:
+        current = _current_tags(client, name)
+        for tag in tags:
+            key, equals, value = tag.partition("=")
+            if not equals or not key:
+                raise click.BadParameter(f"{tag!r} is not KEY=VALUE.", param_hint="--tag")
+            current[key] = value
+        for key in removed:
+            if current.pop(key, None) is None:
+                raise click.BadParameter(f"{name} has no tag {key!r}.", param_hint="--remove-tag")
+        fields["tags"] = [{"key": k, "value": v} for k, v in current.items()]
+    return fields
+
+
+def _current_tags(client: ApiClient, name: str) -> dict[str, str]:
+    """NAME's tags now; none if it is not served yet (`enable` then sets them)."""
+    served = {e["registered_model_name"]: e for e in client.call("GET", "list")["endpoints"]}
+    tags = served[name]["settings"]["tags"] if name in served else []
+    return {tag["key"]: tag["value"] for tag in tags}
 
 
 @serving.command()

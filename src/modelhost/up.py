@@ -12,7 +12,7 @@ import uvicorn
 import uvloop
 
 from modelhost.auth.setup import protect
-from modelhost.config import EnvManager, UpSettings
+from modelhost.config import UpSettings
 from modelhost.control.controller import Controller
 from modelhost.control.isolation import Isolation
 from modelhost.control.routes import RouteBoard
@@ -76,9 +76,8 @@ def _run(
         board = RouteBoard()
         controller = Controller(settings, registry_url, store, board, isolation)
         control = ServingControl(
-            store, registry_url, EnvManager(settings.env_manager).value, board,
-            controller.nudge, controller.log_path,
-        )  # fmt: skip
+            store, registry_url, controller.defaults, board, controller.nudge, controller.log_path
+        )
         gateway = Gateway(settings, registry_url, control, embedded.secret if embedded else None)
         limits = ClientLimits(
             header_timeout_s=settings.header_timeout_s, body_timeout_s=settings.body_timeout_s

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -25,9 +26,11 @@ from modelhost.control.routes import (
     ServerAddress,
     VersionState,
 )
-from modelhost.control.supervisor import Health, Held, HeldState, ServerView
+from modelhost.control.settings import Runtime, ServingSettings
+from modelhost.control.supervisor import Health, Held, HeldState, ServerSpec, ServerView
 
 HERE = Environment("abc123", Path(sys.executable), built=False)  # modelhost's own interpreter
+RUNTIME = Runtime()  # the platform's defaults
 BUILT = Environment("def456", Path("/envs/def456/bin/python"), False, Path("/envs/def456"))
 
 
@@ -50,11 +53,18 @@ def prepared(version: str, name="m", manager="auto", environment=HERE) -> Prepar
 
 
 def server(
-    name="m", env="current", health=Health.UP, number=1, message="", **held: HeldState
+    name="m",
+    env="current",
+    health=Health.UP,
+    number=1,
+    message="",
+    runtime=None,
+    **held: HeldState,
 ) -> ServerView:
     versions = {k.removeprefix("v"): Held(state, state.value.lower()) for k, state in held.items()}
+    runtime = runtime or RUNTIME
     address = ServerAddress(number, f"/sockets/{number}.sock")
-    return ServerView((name, env), health, address, versions, message)
+    return ServerView((name, env, runtime), health, address, versions, message)
 
 
 def actual(*parts: Preparation | ServerView) -> Actual:
@@ -94,13 +104,13 @@ def test_a_new_model_is_prepared_version_by_version():
 def test_a_prepared_version_gets_a_server_then_is_held_then_routed():
     want = desired(model(v1="None"))
     first = plan(want, actual(prepared("1")), RouteTable(), now=0)
-    assert of(StartServer, first.actions)[0].spec.key == ("m", "current")
+    assert of(StartServer, first.actions)[0].spec.key == ("m", "current", RUNTIME)
     assert first.routes.models["m"].versions["1"].message == "Starting its model server."
 
     # The server answers, holding nothing yet: it is told to hold version 1.
     up = plan(want, actual(prepared("1"), server()), first.routes, now=1)
     assert of(Hold, up.actions) == [
-        Hold(("m", "current"), "1", "models:/m/1", Path("/home/models/m/1"))
+        Hold(("m", "current", RUNTIME), "1", "models:/m/1", Path("/home/models/m/1"))
     ]
     assert up.routes.models["m"].versions["1"].state is VersionState.PENDING
 
@@ -123,7 +133,7 @@ def test_an_archived_version_is_released_and_unrouted():
     both = actual(prepared("1"), prepared("2"), server(v1=HeldState.READY, v2=HeldState.READY))
     before = plan(desired(model(v1="None", v2="None")), both, RouteTable(), now=0).routes
     after = plan(desired(model(v2="None")), both, before, now=1)
-    assert Release(("m", "current"), "1") in after.actions
+    assert Release(("m", "current", RUNTIME), "1") in after.actions
     assert Forget(("m", "1", "auto")) in after.actions
     assert "Version 1 is no longer served." in events(after.actions)
     assert set(after.routes.models["m"].versions) == {"2"}
@@ -218,7 +228,7 @@ def test_a_new_env_manager_prepares_again_and_serves_from_the_old_until_the_new_
     # Prepared in the new environment: a second server starts for it, the old keeps serving.
     new = prepared("1", manager="uv", environment=BUILT)
     both = plan(want, actual(old, new, server(v1=HeldState.READY)), building.routes, now=3)
-    assert [a.spec.key for a in of(StartServer, both.actions)] == [("m", "def456")]
+    assert [a.spec.key for a in of(StartServer, both.actions)] == [("m", "def456", RUNTIME)]
     assert both.routes.models["m"].versions["1"].server == ServerAddress(1, "/sockets/1.sock")
 
     new_server = server(env="def456", number=2, v1=HeldState.READY)
@@ -227,7 +237,7 @@ def test_a_new_env_manager_prepares_again_and_serves_from_the_old_until_the_new_
     assert Forget(("m", "1", "auto")) in moved.actions
     # The old preparation is forgotten now; the plan after that stops its server.
     done = plan(want, actual(new, server(v1=HeldState.READY), new_server), moved.routes, 5)
-    assert StopServer(("m", "current")) in done.actions
+    assert StopServer(("m", "current", RUNTIME)) in done.actions
 
 
 def test_a_restarting_server_unroutes_its_versions_until_it_holds_them_again():
@@ -246,7 +256,7 @@ def test_a_restarting_server_unroutes_its_versions_until_it_holds_them_again():
     restarted = server(number=7)  # a new process: a new address, holding nothing
     back = plan(want, actual(prepared("1"), restarted), down.routes, now=2)
     assert of(Hold, back.actions) == [
-        Hold(("m", "current"), "1", "models:/m/1", Path("/home/models/m/1"))
+        Hold(("m", "current", RUNTIME), "1", "models:/m/1", Path("/home/models/m/1"))
     ]
     ready = plan(want, actual(prepared("1"), server(number=7, v1=HeldState.READY)), back.routes, 3)
     assert ready.routes.models["m"].versions["1"].server == ServerAddress(7, "/sockets/7.sock")
@@ -263,7 +273,7 @@ def test_a_hung_server_delays_nothing_of_another_model():
     assert planned.routes.models["a"].versions["1"].state is VersionState.PENDING
     assert planned.routes.models["b"].versions["1"].state is VersionState.READY
     assert of(Hold, planned.actions) == [
-        Hold(("b", "current"), "2", "models:/b/2", Path("/home/models/b/2"))
+        Hold(("b", "current", RUNTIME), "2", "models:/b/2", Path("/home/models/b/2"))
     ]
 
 
@@ -274,7 +284,7 @@ def test_serving_turned_off_stops_everything_of_the_model():
     assert set(planned.actions) >= {
         Forget(("m", "1", "auto")),
         Forget(("m", "2", "auto")),
-        StopServer(("m", "current")),
+        StopServer(("m", "current", RUNTIME)),
         Record("m", "Serving disabled: the model servers stopped."),
     }
     assert planned.routes.models == {}
@@ -300,3 +310,87 @@ def test_published_routes_cannot_be_changed():
         except (TypeError, AttributeError):
             continue
         raise AssertionError("a published table changed")
+
+
+NEW = Runtime(workers=2, max_batch_size=64, max_batch_delay_ms=3, timeout_s=20)
+
+
+def test_new_settings_start_a_server_beside_the_old_and_move_routes_once_it_is_ready():
+    versions = (prepared("1"), prepared("2"))
+    old = server(v1=HeldState.READY, v2=HeldState.READY)
+    before = plan(
+        desired(model(v1="None", v2="Production")), actual(*versions, old), RouteTable(), now=0
+    ).routes
+    on_old = ServerAddress(1, "/sockets/1.sock")
+    want = desired(dataclasses.replace(model(v1="None", v2="Production"), runtime=NEW))
+
+    started = plan(want, actual(*versions, old), before, now=1)
+    assert of(StartServer, started.actions) == [StartServer(ServerSpec("m", HERE, NEW))]
+    assert events(started.actions) == [
+        "Starting a model server with the new settings "
+        "(workers 2, max_batch_size 64, max_batch_delay_ms 3, timeout_s 20)."
+    ]
+    assert not of(StopServer, started.actions) and not of(Release, started.actions)
+    routes = started.routes.models["m"]
+    assert {v: r.server for v, r in routes.versions.items()} == {"1": on_old, "2": on_old}
+    assert routes.resolve("Production") == "2"
+    assert started.routes.timeout_s("m") == 20  # the gateway bounds requests by the new one
+
+    # The new server answers: it is told to hold every version; the routes stay on the old.
+    new = server(number=2, runtime=NEW)
+    told = plan(want, actual(*versions, old, new), started.routes, now=2)
+    assert of(Hold, told.actions) == [
+        Hold(("m", "current", NEW), v, f"models:/m/{v}", Path(f"/home/models/m/{v}"))
+        for v in ("1", "2")
+    ]
+
+    # One version ready on the new server moves; the other stays on the old one, which serves on.
+    half = server(number=2, runtime=NEW, v1=HeldState.READY, v2=HeldState.LOADING)
+    halfway = plan(want, actual(*versions, old, half), told.routes, now=3)
+    on_new = ServerAddress(2, "/sockets/2.sock")
+    routes = halfway.routes.models["m"]
+    assert {v: r.server for v, r in routes.versions.items()} == {"1": on_new, "2": on_old}
+    assert routes.versions["2"].message.startswith("Ready on the server with the previous")
+    assert not of(StopServer, halfway.actions)
+
+    # Both ready on the new server: every route moves; the old one stops at the next plan, once
+    # no published table points at it (requests already on their way there finish).
+    ready = server(number=2, runtime=NEW, v1=HeldState.READY, v2=HeldState.READY)
+    moved = plan(want, actual(*versions, old, ready), halfway.routes, now=4)
+    routes = moved.routes.models["m"]
+    assert {v: r.server for v, r in routes.versions.items()} == {"1": on_new, "2": on_new}
+    assert events(moved.actions) == ["Routes moved to the model server with the new settings."]
+    assert not of(StopServer, moved.actions)
+
+    stopped = plan(want, actual(*versions, old, ready), moved.routes, now=5)
+    assert of(StopServer, stopped.actions) == [StopServer(old.key)]
+    assert events(stopped.actions) == [
+        "The old model server stopped: its versions are ready on the new one."
+    ]
+    assert not of(Release, stopped.actions) and not of(Hold, stopped.actions)
+    after = plan(want, actual(*versions, ready), stopped.routes, now=6)
+    assert after.actions == ()
+
+
+def test_new_settings_whose_server_keeps_failing_leave_the_old_one_serving():
+    versions = (prepared("1"),)
+    old = server(v1=HeldState.READY)
+    before = plan(desired(model(v1="None")), actual(*versions, old), RouteTable(), now=0).routes
+    want = desired(dataclasses.replace(model(v1="None"), runtime=NEW))
+    failing = server(
+        number=2, runtime=NEW, health=Health.RESTARTING, message="Its model server exited."
+    )
+    planned = plan(want, actual(*versions, old, failing), before, now=1)
+    route = planned.routes.models["m"].versions["1"]
+    assert route.state is VersionState.READY and route.server == ServerAddress(1, "/sockets/1.sock")
+    assert planned.actions == ()  # the supervisor restarts the new one; the old serves on
+
+
+def test_new_tags_restart_nothing():
+    defaults = ServingSettings()
+    tagged = defaults.with_set({"tags": (("team", "fraud"),)})
+    assert tagged.runtime == defaults.runtime
+    world = actual(prepared("1"), server(v1=HeldState.READY))
+    before = plan(desired(model(v1="None")), world, RouteTable(), now=0).routes
+    want = desired(dataclasses.replace(model(v1="None"), runtime=tagged.runtime))
+    assert plan(want, world, before, now=1).actions == ()

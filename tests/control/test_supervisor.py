@@ -22,9 +22,10 @@ import pytest
 from modelhost.control.environments import Environment
 from modelhost.control.isolation import Isolation
 from modelhost.control.local import LocalSupervisor
+from modelhost.control.settings import Runtime
 from modelhost.control.supervisor import Health, HeldState, ServerSpec
 
-KEY = ("iris", "current")
+KEY = ("iris", "current", Runtime())  # the platform's default settings
 TOYS = Path(__file__).parent.parent / "toys"
 
 

@@ -8,8 +8,12 @@ by model and version. With auth on, only admins read it.
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import httpx
 import mlflow
+import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support import FEATURES, Platform, eventually, log_iris, modelhost
@@ -145,3 +149,47 @@ def test_with_auth_only_admins_read_metrics(tmp_path_factory):
         assert "modelhost_gateway_requests_in_flight" in allowed.text
     finally:
         platform.__exit__()
+
+
+def test_a_crowd_is_answered_one_by_one_and_counted(served):
+    """Requests that arrive together travel to the model server together; each is still
+    answered on its own: the bad ones fail alone, and every answer is counted."""
+    url = served.url
+    bad = {7: b"{not json", 20: b'{"dataframe_split": {"columns": ["x"], "data": [[1]]}}'}
+    score = f"{url}/model/{MODEL}/1/invocations"
+    alone = {rows: httpx.post(score, json=_rows(rows)).json() for rows in (1, 2, 3)}
+    before = _version_one(httpx.get(f"{url}/metrics").text)
+    crowd = 40
+    ready = threading.Barrier(crowd)
+
+    def send(at: int) -> httpx.Response:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            client.get("/health")  # connected before the crowd moves
+            ready.wait(timeout=60)
+            body = bad.get(at, orjson.dumps(_rows(at % 3 + 1)))
+            headers = {"Content-Type": "application/json"}
+            return client.post(score, content=body, headers=headers)
+
+    with ThreadPoolExecutor(crowd) as pool:
+        answers = list(pool.map(send, range(crowd)))
+
+    for at, answer in enumerate(answers):
+        if at in bad:
+            assert answer.status_code == 400, answer.text
+            assert answer.json()["error_code"] == "BAD_REQUEST"
+        else:
+            assert answer.status_code == 200, answer.text
+            assert answer.json() == alone[at % 3 + 1]
+            assert answer.headers["x-modelhost-version"] == "1"
+    after = _version_one(httpx.get(f"{url}/metrics").text)
+    counted = {status: after[status] - before.get(status, 0) for status in after}
+    assert counted == {"200": crowd - len(bad), "400": len(bad)}
+
+
+def _version_one(page: str) -> dict[str, float]:
+    """Requests to MODEL version 1 counted by /metrics, by status code."""
+    return {
+        labels["status_code"]: value
+        for labels, value in _samples(page)["modelhost_gateway_requests_total"]
+        if labels["model_name"] == MODEL and labels.get("model_version") == "1"
+    }

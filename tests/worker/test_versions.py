@@ -5,8 +5,11 @@ from __future__ import annotations
 import time
 
 import httpx
+import orjson
 import pytest
-from support import ONE_ROW, model_worker
+from support import FEATURES, ONE_ROW, model_worker
+
+from modelhost import packing
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +88,37 @@ def test_bad_control_requests_are_400(versions_server):
         assert response.status_code == 400
         assert "model_uri" in response.json()["message"]
     assert versions_server.get("/invocations").status_code == 404
+
+
+def test_a_pack_of_requests_is_answered_one_answer_each(versions_server, model_paths):
+    """What the gateway sends under a crowd: a bad request in a pack fails only itself."""
+    client = versions_server
+    client.put("/versions/packed", json={"model_uri": str(model_paths["classifier"])})
+    wait_for(client, "packed", "READY")
+    csv = (",".join(FEATURES) + "\n5.1,3.5,1.4,0.2\n").encode()
+    requests = [
+        (b"application/json", orjson.dumps(ONE_ROW)),
+        (b"application/json", b'{"dataframe_split": '),
+        (b"text/csv", csv),
+        (b"", orjson.dumps(ONE_ROW)),
+        (b"application/json", orjson.dumps({"inputs": {"x": [1], "y": [1, 2]}})),
+        (b"application/json", orjson.dumps(ONE_ROW)),
+    ]
+    pack = packing.pack_requests(requests)
+    headers = {"content-type": packing.CONTENT_TYPE.decode()}
+
+    answered = client.post("/versions/packed/packed-invocations", content=pack, headers=headers)
+    assert answered.status_code == 200
+    answers = packing.unpack_answers(answered.content)
+    assert [status for status, _, _ in answers] == [200, 400, 200, 415, 400, 200]
+    assert orjson.loads(answers[0][2]) == {"predictions": [0]}
+    assert orjson.loads(answers[2][2]) == {"predictions": [0]}
+    assert "JSON" in orjson.loads(answers[1][2])["message"]
+    assert orjson.loads(answers[4][2])["error_code"] == "BAD_REQUEST"
+
+    missing = client.post("/versions/nine/packed-invocations", content=pack, headers=headers)
+    assert [status for status, _, _ in packing.unpack_answers(missing.content)] == [404] * 6
+    cut = client.post("/versions/packed/packed-invocations", content=pack[:-3], headers=headers)
+    assert cut.status_code == 400
+    assert "ends inside" in cut.json()["message"]
+    assert client.post("/versions/packed/invocations", json=ONE_ROW).status_code == 200

@@ -11,7 +11,7 @@ import time
 
 from modelhost.auth import tokens
 from modelhost.auth.policy import EXPERIMENT, Level, covers, level_on
-from modelhost.auth.store import AuthStore, Principal, Snapshot
+from modelhost.auth.store import AuthStore, Principal, Snapshot, TokenRecord
 
 CACHE_LIMIT = 100_000  # entries per cache; past it, a cache starts again empty
 
@@ -60,6 +60,19 @@ class Access:
             return None
         principal = self._snapshot.principals.get(record.principal)
         return (principal, record.expires_at) if principal else None
+
+    def token(self, secret: str) -> TokenRecord | None:
+        """The live record of a token given as it is (a browser signing in), or None."""
+        if self.who(f"Bearer {secret}".encode("latin-1", "replace")) is None:
+            return None
+        return self._snapshot.tokens.get(tokens.token_hash(secret))
+
+    def holder(self, token_hash: str) -> Principal | None:
+        """Who holds the live token with this hash (a browser session's), or None."""
+        record = self._snapshot.tokens.get(token_hash)
+        if record is None or (record.expires_at is not None and record.expires_at <= time.time()):
+            return None
+        return self._snapshot.principals.get(record.principal)
 
     def level(self, principal: Principal, target: str) -> Level | None:
         """What `principal` may do on a registered model, a prefix of names or an experiment."""

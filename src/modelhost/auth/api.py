@@ -117,6 +117,14 @@ class AuthAPI:
         audit.info("token %s of %s revoked by %s", token_id, owner, caller.name)
         return {}
 
+    def permission(self, fields: dict, caller: Principal) -> dict:
+        """The caller's own level on a model (NONE without a grant): what the page may offer.
+
+        It tells only what the caller's grants say, not whether the model exists."""
+        name = _text(fields, "registered_model_name")
+        level = self.access.level(caller, name)
+        return {"registered_model_name": name, "permission_level": level.name if level else "NONE"}
+
     # --- grants
 
     def grant(self, fields: dict, caller: Principal) -> dict:
@@ -168,6 +176,7 @@ class AuthAPI:
 
 ROUTES = {
     ("GET", "whoami"): AuthAPI.whoami,
+    ("GET", "models/permission"): AuthAPI.permission,
     ("POST", "users/create"): AuthAPI.create_user,
     ("GET", "users/list"): AuthAPI.list_users,
     ("POST", "users/revoke"): AuthAPI.revoke_user,

@@ -3,8 +3,13 @@
 Answers: no or a bad credential is 401 with `WWW-Authenticate`; a signed-in caller without the
 level a route needs is 403, with the same answer whether or not the model exists, so only those
 who may read a model learn that it does. Failed sign-ins from one address beyond a small burst
-get 429 with `Retry-After`. `/health` and the Serving page's files are open; `/metrics` is for
-admins.
+get 429 with `Retry-After`. `/health` is open; `/metrics` is for admins.
+
+A credential is a token in the Authorization header, or a browser's session cookie
+(`auth/browser.py`), which signs in a change only when the browser says it comes from the
+gateway's own pages (`auth/origin.py`); a change another site's page sent is refused whatever
+it carries. The page (`/`, `/models/...`, `/static/...`) and MLflow's UI files are public, to
+GET and HEAD: the data behind them is not.
 """
 
 from __future__ import annotations
@@ -19,9 +24,12 @@ from modelhost.asgi import Receive, Scope, Send, held, json_object, read_body, r
 from modelhost.auth import ACTOR, search
 from modelhost.auth.access import Access
 from modelhost.auth.api import AuthAPI
+from modelhost.auth.browser import BEARER_CHALLENGE, SESSION_PATH, SessionAPI
 from modelhost.auth.experiments import MODEL_VERSIONS_TAG, Locator, redacted
 from modelhost.auth.limits import FailureLimiter, retry_after
+from modelhost.auth.origin import CROSS_SITE, changes, cross_site, same_origin
 from modelhost.auth.policy import (
+    ADMIN_ONLY,
     EXPERIMENT,
     SCORING,
     Level,
@@ -31,6 +39,7 @@ from modelhost.auth.policy import (
     serving_rule,
 )
 from modelhost.auth.search import entry_name
+from modelhost.auth.sessions import Sessions, session_id
 from modelhost.auth.store import Principal
 from modelhost.control.store import StateStore
 from modelhost.errors import (
@@ -40,8 +49,14 @@ from modelhost.errors import (
     TooManyFailures,
     Unauthenticated,
 )
-from modelhost.gateway import ui
-from modelhost.gateway.paths import MODELHOST_ROOT, registry_route, scoring_target, serving_action
+from modelhost.gateway.paths import (
+    MLFLOW_UI_CALLS,
+    MODELHOST_ROOT,
+    mlflow_ui_file,
+    registry_route,
+    scoring_target,
+    serving_action,
+)
 from modelhost.gateway.serving import ACTIONS as SERVING_ACTIONS
 
 log = logging.getLogger("modelhost.auth")
@@ -56,6 +71,24 @@ SIGN_IN = (
     "curl -u token:$TOKEN); an admin creates tokens with `modelhost tokens create --user NAME`."
 )
 BODY_LIMIT = 4 * 1024 * 1024  # registry calls that name a model are small JSON bodies
+PAGES = ("/models/", "/static/")  # and `/`: the page, which asks for the data behind it
+# What the gateway answers under /api/2.0/modelhost/ about one model, to its readers.
+ABOUT_A_MODEL = {
+    "models/example": Rule("Reading an example of", Level.READ, "registered_model_name"),
+    "metrics/series": Rule("Reading the metrics of", Level.READ, "registered_model_name"),
+}
+# MLflow's UI calls outside its API roots: a registered version's files need READ on the model;
+# a run's files and GraphQL queries are judged by nothing here yet, so only admins make them.
+UI_CALLS = {"/model-versions/get-artifact": Rule("Reading", Level.READ, "name")}
+ENDED = (
+    "The browser's session has ended (signed out, expired, its token revoked, or the gateway "
+    "restarted): sign in again."
+)
+NOT_OWN_PAGE = (
+    "A change signed in only by the browser's session cookie must come from the gateway's own "
+    "pages (its Origin or Sec-Fetch-Site says so); a script sends 'Authorization: Bearer "
+    "<token>' instead."
+)
 
 
 class Auth:
@@ -68,16 +101,24 @@ class Auth:
         self.limiter = limiter
         self.api = AuthAPI(access, events)
         self.locator = Locator(app)
+        self.sessions = Sessions()
+        self.session_api = SessionAPI(access, self.sessions, limiter)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or _page(scope):
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or _public(scope):
             await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if path == SESSION_PATH:
+            await self._session(scope, receive, send)
+            return
+        if scoring_target(path) is None and changes(scope) and cross_site(scope):
+            await _error(send, PermissionDenied(CROSS_SITE))
             return
         principal = await self._sign_in(scope, send)
         if principal is None:
             return
         scope[ACTOR] = principal.name
-        path = scope["path"]
         if (target := scoring_target(path)) is not None:
             name = target[0]
             # Another method does nothing and needs no right: the gateway answers it 405.
@@ -85,6 +126,13 @@ class Auth:
                 await self.app(scope, receive, send)
             else:
                 await _error(send, denied(SCORING, name))
+        elif path.startswith(MODELHOST_ROOT) and (
+            about := ABOUT_A_MODEL.get(path[len(MODELHOST_ROOT) :])
+        ):
+            if scope["method"] != "GET":
+                await self.app(scope, receive, send)  # the gateway answers 405, doing nothing
+            else:
+                await self._guarded(about, principal, scope, receive, send)
         elif path.startswith(MODELHOST_ROOT):
             await self.api(scope, receive, send, principal)
         elif (action := serving_action(path)) is not None:
@@ -93,6 +141,9 @@ class Auth:
             else:
                 await self._guarded(serving_rule(scope["method"], action),
                                     principal, scope, receive, send)  # fmt: skip
+        elif path in MLFLOW_UI_CALLS:
+            rule = UI_CALLS.get(path, ADMIN_ONLY) if scope["method"] == "GET" else ADMIN_ONLY
+            await self._guarded(rule, principal, scope, receive, send)
         elif (route := registry_route(path)) is not None:
             rule = registry_rule(scope["method"], *route)
             await self._guarded(rule, principal, scope, receive, send)
@@ -102,15 +153,27 @@ class Auth:
         else:
             await self.app(scope, receive, send)  # the gateway's own pages, or its 404
 
-    async def _sign_in(self, scope: Scope, send: Send) -> Principal | None:
-        authorization = None
-        for key, value in scope["headers"]:
-            if key == b"authorization":
-                authorization = value
-                break
+    async def _session(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """GET says who the caller is, answering without a credential; a bad Authorization
+        header is refused as anywhere. POST signs in with the token in its body."""
+        caller = None
+        if scope["method"] == "GET" and (
+            _authorization(scope) is not None or session_id(scope["headers"]) is not None
+        ):
+            caller = await self._sign_in(scope, send, quiet=True)
+            if caller is None and _authorization(scope) is not None:
+                return  # refused: _sign_in answered
+        await self.session_api(scope, receive, send, caller)
+
+    async def _sign_in(self, scope: Scope, send: Send, quiet: bool = False) -> Principal | None:
+        """The caller, or None once refused (`quiet`: a browser's ended session is not)."""
+        authorization = _authorization(scope)
         if authorization is None:
-            await _error(send, Unauthenticated(f"Sign in: {SIGN_IN}"), CHALLENGE)
-            return None
+            held = session_id(scope["headers"])
+            if held is None:
+                await _error(send, Unauthenticated(f"Sign in: {SIGN_IN}"), CHALLENGE)
+                return None
+            return await self._by_session(held, scope, send, quiet)
         principal = self.access.who(authorization)
         if principal is not None:
             return principal
@@ -123,6 +186,25 @@ class Auth:
             message = f"The token is unknown, revoked or expired. To sign in, {SIGN_IN}"
             await _error(send, Unauthenticated(message), CHALLENGE)
         return None
+
+    async def _by_session(
+        self, held: str, scope: Scope, send: Send, quiet: bool
+    ) -> Principal | None:
+        """The holder of a browser's session; none for a change that is not from our pages.
+
+        An unknown id is not counted as a failed sign-in: it is as hard to guess as a token,
+        and a browser whose session ended (a restart) would lock its own address out.
+        """
+        session = self.sessions.find(held)
+        principal = self.access.holder(session.token_hash) if session else None
+        if principal is None:
+            if not quiet:
+                await _error(send, Unauthenticated(ENDED), (BEARER_CHALLENGE,))
+            return None
+        if changes(scope) and not same_origin(scope):
+            await _error(send, PermissionDenied(NOT_OWN_PAGE))
+            return None
+        return principal
 
     async def _guarded(
         self, rule: Rule, principal: Principal, scope: Scope, receive: Receive, send: Send
@@ -279,9 +361,19 @@ class Auth:
         audit.info("%s: %s (by %s)", target, message, principal.name)
 
 
-def _page(scope: Scope) -> bool:
-    """The Serving page's files are public; what they show comes from the guarded API."""
-    return scope["method"] in ("GET", "HEAD") and ui.is_page(scope["path"])
+def _authorization(scope: Scope) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == b"authorization":
+            return value
+    return None
+
+
+def _public(scope: Scope) -> bool:
+    """The page and MLflow's UI files, to GET or HEAD: the same to everyone."""
+    if scope["method"] not in ("GET", "HEAD"):
+        return False
+    path = scope["path"]
+    return path == "/" or path.startswith(PAGES) or mlflow_ui_file(path)
 
 
 def denied(rule: Rule, name: str, level: Level | None = None) -> PermissionDenied:

@@ -23,7 +23,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from modelhost.config import EnvManager, UpSettings
+from modelhost.config import UpSettings
 from modelhost.control.desired import DesiredReader
 from modelhost.control.events import EventLog
 from modelhost.control.isolation import Isolation
@@ -43,6 +43,7 @@ from modelhost.control.plan import (
 )
 from modelhost.control.routes import RouteBoard, frozen
 from modelhost.control.servers import server_log
+from modelhost.control.settings import platform_defaults
 from modelhost.control.store import StateStore
 from modelhost.control.supervisor import Supervisor
 
@@ -67,15 +68,13 @@ class Controller:
         # The model servers' Unix sockets: a short path (sockets allow ~100 bytes), in a folder
         # only this user may enter (0700), so no model's code can reach any server's socket.
         self.sockets = Path(tempfile.mkdtemp(prefix="modelhost-"))
-        self.desired = DesiredReader(
-            store, registry_url, EnvManager(settings.env_manager).value, self._replan, interval_s
-        )
+        self.defaults = platform_defaults(settings.env_manager, settings.timeout_s)
+        self.desired = DesiredReader(store, registry_url, self.defaults, self._replan, interval_s)
         self.preparer = Preparer(
             home, registry_url, self.events.record, isolation, self.log_path, self._replan
         )
-        worker_options = [
-            "--max-body-mb", str(settings.max_body_mb), "--timeout", str(settings.timeout_s)
-        ]  # fmt: skip
+        # The same for every server; each also gets its model's runtime (control/settings.py).
+        worker_options = ["--max-body-mb", str(settings.max_body_mb)]
         self.supervisor: Supervisor = LocalSupervisor(
             isolation, self.logs, worker_options, self.sockets, self.events.record, self._replan
         )

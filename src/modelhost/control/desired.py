@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 
 from modelhost.control.plan import DesiredModel
 from modelhost.control.routes import frozen
+from modelhost.control.settings import Runtime, ServingSettings
 from modelhost.control.store import StateStore
 
 log = logging.getLogger("modelhost.controller")
@@ -25,13 +26,13 @@ class DesiredReader:
         self,
         store: StateStore,
         registry_url: str,
-        default_env_manager: str,
+        defaults: ServingSettings,
         changed: Callable[[], None],
         interval_s: float = 1.0,
     ) -> None:
         self.store = store
         self.registry = MlflowClient(tracking_uri=registry_url, registry_uri=registry_url)
-        self.default_env_manager = default_env_manager
+        self.defaults = defaults  # what a model that sets nothing is served with
         self.changed = changed  # called on the event loop when what is desired has changed
         self.interval_s = interval_s
         self.latest: dict[str, DesiredModel] = {}
@@ -62,20 +63,21 @@ class DesiredReader:
     def read(self) -> dict[str, DesiredModel]:
         """On a thread: every served model as it should be served now."""
         desired = {}
-        for name, manager in self.store.served().items():
-            manager = manager or self.default_env_manager
+        for name, stored in self.store.served().items():
+            settings = self.defaults.with_set(stored)
+            manager, runtime = settings.env_manager, settings.runtime
             known = self.latest.get(name)
             try:
-                desired[name] = self._read_model(name, manager)
+                desired[name] = self._read_model(name, manager, runtime)
             except Exception as e:
                 if name not in self._unreadable:
                     self._unreadable.add(name)
                     log.warning("Could not read %s from the registry: %s", name, e)
                 if known is None:
-                    desired[name] = DesiredModel(name, manager)
+                    desired[name] = DesiredModel(name, manager, runtime=runtime)
                 else:  # serve on what was known, with the settings as they are now
                     desired[name] = DesiredModel(
-                        name, manager, known.versions, known.aliases, known.identities
+                        name, manager, known.versions, known.aliases, known.identities, runtime
                     )
             else:
                 if name in self._unreadable:
@@ -83,7 +85,7 @@ class DesiredReader:
                     log.info("Read %s from the registry again.", name)
         return desired
 
-    def _read_model(self, name: str, manager: str) -> DesiredModel:
+    def _read_model(self, name: str, manager: str, runtime: Runtime) -> DesiredModel:
         quoted = name.replace("'", "\\'")
         found = [
             v
@@ -95,5 +97,5 @@ class DesiredReader:
         aliases = dict(self.registry.get_registered_model(name).aliases or {})
         served_aliases = {a: str(v) for a, v in aliases.items() if str(v) in versions}
         return DesiredModel(
-            name, manager, frozen(versions), frozen(served_aliases), frozen(identities)
+            name, manager, frozen(versions), frozen(served_aliases), frozen(identities), runtime
         )

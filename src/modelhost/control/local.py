@@ -77,7 +77,7 @@ class LocalSupervisor:
     ) -> None:
         self.isolation = isolation
         self.logs = logs
-        self.options = options  # `modelhost worker` flags
+        self.options = options  # `modelhost worker` flags for every server (and its runtime's)
         self.sockets = sockets
         self.record = record
         self.changed = changed  # called when what view() shows has changed
@@ -140,12 +140,13 @@ class LocalSupervisor:
 
     async def _watch(self, server: _Server) -> None:
         """Run the server for good: start it, watch it, replace it when it fails."""
-        name, env = server.spec.key
+        name, env, _ = server.spec.key
         restarts = 0
         loop = asyncio.get_running_loop()
         while True:
+            options = [*self.options, *server.spec.runtime.worker_options()]
             process = ModelServerProcess(
-                name, server.spec.environment, self.isolation, self.logs, self.options, self.sockets
+                name, server.spec.environment, self.isolation, self.logs, options, self.sockets
             )
             server.process, server.versions = process, {}
             self._show(server, Health.STARTING, "Starting its model server.")
@@ -179,7 +180,7 @@ class LocalSupervisor:
 
     async def _ping(self, server: _Server, process: ModelServerProcess) -> str:
         """Check the server's health until it fails; why it did."""
-        name, env = server.spec.key
+        name, env, _ = server.spec.key
         loop = asyncio.get_running_loop()
         started = loop.time()
         silent_since: float | None = None
@@ -237,7 +238,7 @@ class LocalSupervisor:
     ) -> None:
         """One control call; a failure is logged, becomes an event, and is never retried on
         this process (the version shows as failed; a restarted server is asked again)."""
-        name, env = server.spec.key
+        name, env, _ = server.spec.key
         doing = "load" if method == "PUT" else "release"
         async with server.calls:
             if server.process is not process:

@@ -11,13 +11,17 @@ The rules, per served model:
   hold exactly the versions prepared for it;
 - a version is ready when its server is up and has loaded it; only then does a route point at it;
 - when env_manager changes, each version serves from where it was until it is ready in the new
-  environment; when a stage or alias moves, it keeps its old version until the new one is ready.
+  environment; when a stage or alias moves, it keeps its old version until the new one is ready;
+- when what its servers run with changes (workers, batching, timeout: its `runtime`), a server
+  with the new runtime starts beside each old one; each version's route stays on the old server
+  until the new one holds it ready, and an old server stops once no version needs it and no
+  published route points at it (so requests already on their way there finish).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from modelhost.control.placement import Preparation, PreparationKey, PreparationState
@@ -31,6 +35,7 @@ from modelhost.control.routes import (
     empty,
     frozen,
 )
+from modelhost.control.settings import Runtime
 from modelhost.control.supervisor import (
     CURRENT,
     Health,
@@ -54,6 +59,7 @@ class DesiredModel:
     aliases: Mapping[str, str] = field(default_factory=empty)  # alias -> version
     # Version -> what its artifacts are (source, time)
     identities: Mapping[str, str] = field(default_factory=empty)
+    runtime: Runtime = field(default_factory=Runtime)  # what its model servers run with
 
 
 @dataclass(frozen=True)
@@ -130,7 +136,7 @@ def plan(
     gone = (
         set(before.models)
         | {name for name, _, _ in actual.preparations}
-        | {name for name, _ in actual.servers}
+        | {name for name, _, _ in actual.servers}
     ) - set(desired)
     for name in sorted(gone):
         actions.extend(Forget(key) for key in actual.preparations if key[0] == name)
@@ -155,22 +161,25 @@ def _plan_model(
         actions.append(Record(name, f"env_manager is now {manager}: preparing the versions again."))
     if model.versions is None:  # nothing known yet: keep what was (servers are looked after)
         return before or ModelRoutes(
-            message="Reading its versions from the registry.", env_manager=manager
-        )
+            message="Reading its versions from the registry.", env_manager=manager,
+            runtime=model.runtime,
+        )  # fmt: skip
     preparations = {
         (version, with_manager): preparation
         for (of, version, with_manager), preparation in actual.preparations.items()
         if of == name
     }
-    servers = {env: view for (of, env), view in actual.servers.items() if of == name}
+    servers = {(env, rt): view for (of, env, rt), view in actual.servers.items() if of == name}
     before_versions = before.versions if before else EMPTY
+    runtime = model.runtime
 
     _prepare(model, preparations, now, actions)
     routes: dict[str, VersionRoute] = {}
     wanted: dict[str, dict[str, Preparation]] = {}  # environment key -> version -> preparation
+    fresh: set[str] = set()  # the environments of versions prepared with the current manager
     for version in model.versions:
         current = preparations.get((version, manager))
-        route = _shown(current, servers)
+        route = _shown(current, servers, runtime)
         previous = [
             p
             for (v, m), p in preparations.items()
@@ -180,7 +189,7 @@ def _plan_model(
             actions.extend(Forget((name, version, p.manager)) for p in previous)
             previous = []
         for p in previous:  # serve on from where it was until the new one is ready
-            old = _shown(p, servers)
+            old = _shown(p, servers, runtime)
             if old.state is VersionState.READY:
                 message = f"Ready in its previous environment; in the new one: {route.message}"
                 route = VersionRoute(VersionState.READY, message, old.server)
@@ -188,7 +197,9 @@ def _plan_model(
             if p is not None and p.state is PreparationState.PREPARED:
                 assert p.environment is not None, "a prepared version has its environment"
                 wanted.setdefault(environment_key(p.environment), {})[version] = p
-        routes[version] = route
+                if p is current:
+                    fresh.add(environment_key(p.environment))
+        routes[version] = replace(route, **_named(model, version))
         _record_change(name, version, route, before_versions.get(version), actions)
     for version in before_versions.keys() - model.versions.keys():
         actions.append(Record(name, f"Version {version} is no longer served.", version))
@@ -196,10 +207,12 @@ def _plan_model(
         if version not in model.versions:
             actions.append(Forget((name, version, with_manager)))
 
-    _run_servers(name, wanted, servers, actions)
+    routed = {r.server.number for r in before_versions.values() if r.server is not None}
+    _run_servers(name, runtime, wanted, fresh, servers, routed, actions)
+    _record_moves(name, runtime, servers, before_versions, routes, actions)
     refs = _refs(model, routes, before.refs if before else EMPTY)
     state, message = _endpoint_state(servers, routes)
-    return ModelRoutes(state, message, manager, frozen(routes), frozen(refs))
+    return ModelRoutes(state, message, manager, frozen(routes), frozen(refs), runtime)
 
 
 def _prepare(
@@ -227,8 +240,37 @@ def _prepare(
             )
 
 
-def _shown(preparation: Preparation | None, servers: Mapping[str, ServerView]) -> VersionRoute:
-    """A version's route, from its preparation and the server it was prepared for."""
+def _shown(
+    preparation: Preparation | None,
+    servers: Mapping[tuple[str, Runtime], ServerView],
+    runtime: Runtime,
+) -> VersionRoute:
+    """A version's route, from its preparation and the server it was prepared for: the one
+    with the current runtime, or until that holds it ready, one with an earlier runtime."""
+    route = _on_server(preparation, servers, runtime)
+    if preparation is None or route.state is VersionState.READY:
+        return route
+    for (env, rt), old in servers.items():
+        if rt == runtime or old.health is not Health.UP:
+            continue
+        assert preparation.environment is not None, "a prepared version has a server"
+        held = old.versions.get(preparation.version)
+        if (
+            env == environment_key(preparation.environment)
+            and held is not None
+            and held.state is HeldState.READY
+        ):
+            message = "Ready on the server with the previous settings; on the new one: "
+            return VersionRoute(VersionState.READY, message + route.message, old.address)
+    return route
+
+
+def _on_server(
+    preparation: Preparation | None,
+    servers: Mapping[tuple[str, Runtime], ServerView],
+    runtime: Runtime,
+) -> VersionRoute:
+    """A version's route on the server of its environment with `runtime`."""
     if preparation is None:
         return VersionRoute(VersionState.PENDING, "Waiting to be prepared.")
     if preparation.state is PreparationState.PREPARING:
@@ -236,7 +278,7 @@ def _shown(preparation: Preparation | None, servers: Mapping[str, ServerView]) -
     if preparation.state is PreparationState.FAILED:
         return VersionRoute(VersionState.FAILED, preparation.message)
     assert preparation.environment is not None, "a prepared version has its environment"
-    server = servers.get(environment_key(preparation.environment))
+    server = servers.get((environment_key(preparation.environment), runtime))
     if server is None or server.health is Health.STARTING:
         return VersionRoute(VersionState.PENDING, "Starting its model server.")
     if server.health is not Health.UP:
@@ -268,29 +310,93 @@ def _record_change(
 
 def _run_servers(
     name: str,
+    runtime: Runtime,
     wanted: Mapping[str, Mapping[str, Preparation]],
-    servers: Mapping[str, ServerView],
+    fresh: set[str],
+    servers: Mapping[tuple[str, Runtime], ServerView],
+    routed: set[int],
     actions: list[Action],
 ) -> None:
-    """A server for each environment the prepared versions need, holding exactly those."""
-    for env in sorted(servers.keys() - wanted.keys()):
-        actions.append(StopServer((name, env)))
+    """A server with `runtime` for each environment the prepared versions need, holding exactly
+    those; servers with an earlier runtime serve on until they are needed no more."""
+    for env, rt in sorted((k for k in servers if k[0] not in wanted), key=lambda k: k[0]):
+        actions.append(StopServer((name, env, rt)))
         actions.append(Record(name, f"{describe(env)} stopped: no version needs it now."))
     for env, versions in wanted.items():
-        server = servers.get(env)
+        server = servers.get((env, runtime))
+        earlier = {rt: view for (e, rt), view in servers.items() if e == env and rt != runtime}
+        for rt, old in earlier.items():
+            on_its_way = old.address is not None and old.address.number in routed
+            if not _still_needed(old, server, versions) and not on_its_way:
+                actions.append(StopServer((name, env, rt)))
+                old_one = describe(env).replace("The model server", "The old model server", 1)
+                message = f"{old_one} stopped: its versions are ready on the new one."
+                actions.append(Record(name, message))
         if server is None:
+            if earlier and env not in fresh:
+                continue  # the old environment of an env_manager change: it serves on as it is
             environment = next(iter(versions.values())).environment
             assert environment is not None, "a prepared version has its environment"
-            actions.append(StartServer(ServerSpec(name, environment)))
+            actions.append(StartServer(ServerSpec(name, environment, runtime)))
+            if earlier:
+                message = f"Starting a model server with the new settings ({_said(runtime)})."
+                actions.append(Record(name, message))
             continue
         if server.health is not Health.UP:
             continue  # told what to hold once it answers
+        key = (name, env, runtime)
         for version in sorted(versions.keys() - server.versions.keys(), key=_number):
             local_path = versions[version].local_path
             assert local_path is not None, "a prepared version has its artifacts"
-            actions.append(Hold((name, env), version, f"models:/{name}/{version}", local_path))
+            actions.append(Hold(key, version, f"models:/{name}/{version}", local_path))
         for version in sorted(server.versions.keys() - versions.keys(), key=_number):
-            actions.append(Release((name, env), version))
+            actions.append(Release(key, version))
+
+
+def _still_needed(
+    old: ServerView, new: ServerView | None, versions: Mapping[str, Preparation]
+) -> bool:
+    """Whether a server with an earlier runtime holds ready a version the new one does not."""
+    if old.health is not Health.UP:
+        return False
+    for version, held in old.versions.items():
+        if version not in versions or held.state is not HeldState.READY:
+            continue
+        ready_there = new is not None and new.health is Health.UP and (
+            (now := new.versions.get(version)) is not None and now.state is HeldState.READY
+        )  # fmt: skip
+        if not ready_there:
+            return True
+    return False
+
+
+def _record_moves(
+    name: str,
+    runtime: Runtime,
+    servers: Mapping[tuple[str, Runtime], ServerView],
+    before: Mapping[str, VersionRoute],
+    routes: Mapping[str, VersionRoute],
+    actions: list[Action],
+) -> None:
+    """Say when the last route on a server with an earlier runtime moved to the new ones."""
+    old = {
+        view.address.number
+        for (_, rt), view in servers.items()
+        if rt != runtime and view.address is not None
+    }
+    if not old:
+        return
+    was_on_old = any(r.server is not None and r.server.number in old for r in before.values())
+    on_old = any(r.server is not None and r.server.number in old for r in routes.values())
+    if was_on_old and not on_old:
+        actions.append(Record(name, "Routes moved to the model server with the new settings."))
+
+
+def _said(runtime: Runtime) -> str:
+    return (
+        f"workers {runtime.workers}, max_batch_size {runtime.max_batch_size}, "
+        f"max_batch_delay_ms {runtime.max_batch_delay_ms:g}, timeout_s {runtime.timeout_s:g}"
+    )
 
 
 def _refs(
@@ -312,6 +418,16 @@ def _refs(
         elif before.get(ref) in ready:
             refs[ref] = before[ref]
     return refs
+
+
+def _named(model: DesiredModel, version: str) -> dict[str, tuple[str, ...]]:
+    """The stage and aliases the registry gives `version`, as its route shows them."""
+    assert model.versions is not None
+    stage = model.versions[version]
+    return {
+        "stages": (stage,) if stage in STAGES else (),
+        "aliases": tuple(sorted(a for a, v in model.aliases.items() if v == version)),
+    }
 
 
 def _endpoint_state(

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 
+from modelhost.control.settings import Runtime
+
 EMPTY: Mapping = MappingProxyType({})
 
 
@@ -50,6 +52,9 @@ class VersionRoute:
     state: VersionState
     message: str
     server: ServerAddress | None = None  # set exactly when the version is ready
+    # What the registry says of it (for the serving API): its stage, if any, and its aliases.
+    stages: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,8 @@ class ModelRoutes:
     env_manager: str = ""  # the env_manager its versions were planned with
     versions: Mapping[str, VersionRoute] = field(default_factory=empty)
     refs: Mapping[str, str] = field(default_factory=empty)  # stage or alias -> a ready version
+    # What its model servers run with; its timeout_s bounds its requests at the gateway too.
+    runtime: Runtime = field(default_factory=Runtime)
 
     def resolve(self, ref: str) -> str | None:
         """The version `ref` names: a version number, a stage (any case) or an alias."""
@@ -72,6 +79,12 @@ class ModelRoutes:
 @dataclass(frozen=True)
 class RouteTable:
     models: Mapping[str, ModelRoutes] = field(default_factory=empty)
+
+    def timeout_s(self, name: str) -> float:
+        """How long a scoring request of model `name` may take: its own setting (the default
+        for a model this table does not hold, turned off meanwhile)."""
+        routes = self.models.get(name)
+        return (routes.runtime if routes is not None else Runtime()).timeout_s
 
     def servers(self) -> set[int]:
         """The numbers of the servers some route points at."""

@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from modelhost.control.routes import RouteBoard, RouteTable
+from modelhost.control.settings import FIELDS, ServingSettings, changes
 from modelhost.control.store import StateStore
 from modelhost.errors import InvalidInput, NotFound, NotReady
 
@@ -26,14 +27,14 @@ class ServingControl:
         self,
         store: StateStore,
         registry_url: str,
-        default_env_manager: str,
+        defaults: ServingSettings,
         board: RouteBoard,
         nudge: Callable[[], None],
         log_path: Callable[[str], Path],
     ) -> None:
         self.store = store
         self.registry = MlflowClient(tracking_uri=registry_url, registry_uri=registry_url)
-        self.default_env_manager = default_env_manager
+        self.defaults = defaults  # what a model that sets nothing is served with
         self.board = board
         self.nudge = nudge
         self.log_path = log_path  # a served model's name -> its model servers' log
@@ -42,12 +43,13 @@ class ServingControl:
     def routes(self) -> RouteTable:
         return self.board.table
 
-    async def enable(self, name: str, env_manager: str | None, actor: str | None) -> None:
+    async def enable(self, name: str, settings: dict[str, Any], actor: str | None) -> None:
+        """Turn serving on, with `settings` (checked by control/settings.py `parse`) if any."""
         await asyncio.to_thread(self._must_exist, name)
         if await asyncio.to_thread(self.store.enable, name):
             await self._record(name, "Serving turned on.", actor)
-        if env_manager is not None:
-            await self._set_env_manager(name, env_manager, actor)
+        if settings:
+            await self._update(name, settings, actor)
         self.nudge()
 
     async def disable(self, name: str, actor: str | None) -> None:
@@ -56,17 +58,20 @@ class ServingControl:
             await self._record(name, "Serving turned off.", actor)
         self.nudge()
 
-    async def update_settings(self, name: str, env_manager: str, actor: str | None) -> None:
+    async def update_settings(self, name: str, settings: dict[str, Any], actor: str | None) -> None:
+        """Change the settings given, keep the others; the controller applies them."""
         await self.must_be_served(name)
-        await self._set_env_manager(name, env_manager, actor)
+        if not settings:
+            raise InvalidInput(f"Send at least one setting to change: {', '.join(FIELDS)}.")
+        await self._update(name, settings, actor)
         self.nudge()
 
-    async def served(self) -> dict[str, dict[str, Any]]:
+    async def served(self) -> dict[str, ServingSettings]:
         """Each served model's settings, by name, oldest enabled first: one query for all."""
         served = await asyncio.to_thread(self.store.served)
-        return {name: {"env_manager": m or self.default_env_manager} for name, m in served.items()}
+        return {name: self.defaults.with_set(stored) for name, stored in served.items()}
 
-    async def must_be_served(self, name: str) -> dict[str, Any]:
+    async def must_be_served(self, name: str) -> ServingSettings:
         """The settings of served model `name`; NotFound if it is not served."""
         settings = (await self.served()).get(name)
         if settings is None:
@@ -76,9 +81,14 @@ class ServingControl:
     async def events(self, name: str) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self.store.events, name)
 
-    async def _set_env_manager(self, name: str, manager: str, actor: str | None) -> None:
-        if await asyncio.to_thread(self.store.set_env_manager, name, manager):
-            await self._record(name, f"env_manager set to {manager}.", actor)
+    async def _update(self, name: str, settings: dict[str, Any], actor: str | None) -> None:
+        before = await self.must_be_served(name)
+        if not await asyncio.to_thread(self.store.update, name, settings):
+            raise NotFound(f"Serving is not enabled for '{name}'.")  # turned off meanwhile
+        said = changes(before, before.with_set(settings))
+        if said:
+            by = f" by {actor}" if actor else ""
+            await self._record(name, f"Settings changed{by}: {'; '.join(said)}.", actor)
 
     async def _record(self, name: str, message: str, actor: str | None) -> None:
         """An audit event, written before the call that caused it returns."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,15 @@ serving = sa.Table(
     sa.Column("enabled_at", sa.Float, nullable=False),
     # Which Python environment its versions run in (config.EnvManager); None: the platform's.
     sa.Column("env_manager", sa.String, nullable=True),
+    # What its model servers run with (control/settings.py); None: the platform's default.
+    sa.Column("workers", sa.Integer, nullable=True),
+    sa.Column("max_batch_size", sa.Integer, nullable=True),
+    sa.Column("max_batch_delay_ms", sa.Float, nullable=True),
+    sa.Column("timeout_s", sa.Float, nullable=True),
+    sa.Column("tags", sa.Text, nullable=True),  # JSON: [[key, value], ...]
 )
+# The serving table's settings columns, as the serving API names them.
+SETTINGS = ("env_manager", "workers", "max_batch_size", "max_batch_delay_ms", "timeout_s", "tags")
 
 events = sa.Table(
     "events",
@@ -37,22 +46,20 @@ class StateStore:
     def __init__(self, url: str) -> None:
         self.engine = sa.create_engine(url)
         metadata.create_all(self.engine)
-        self._add_actor_column()
-        self._add_env_manager_column()
+        self._add_missing_columns()
 
-    def _add_actor_column(self) -> None:
-        """A state database made before events named who caused them gets the column."""
-        columns = {c["name"] for c in sa.inspect(self.engine).get_columns("events")}
-        if "actor" not in columns:
-            with self.engine.begin() as db:
-                db.execute(sa.text("ALTER TABLE events ADD COLUMN actor VARCHAR"))
-
-    def _add_env_manager_column(self) -> None:
-        """A state database made before models had serving settings gets the column."""
-        columns = {c["name"] for c in sa.inspect(self.engine).get_columns("serving")}
-        if "env_manager" not in columns:
-            with self.engine.begin() as db:
-                db.execute(sa.text("ALTER TABLE serving ADD COLUMN env_manager VARCHAR"))
+    def _add_missing_columns(self) -> None:
+        """A state database made by an older modelhost gets the columns added since (each
+        nullable: None is the platform's default), so it opens and serves as it did."""
+        inspector = sa.inspect(self.engine)
+        for table in (serving, events):
+            present = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in present:
+                    continue
+                kind = column.type.compile(dialect=self.engine.dialect)
+                with self.engine.begin() as db:
+                    db.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
 
     @classmethod
     def in_home(cls, home: Path) -> StateStore:
@@ -74,24 +81,23 @@ class StateStore:
             gone = db.execute(serving.delete().where(serving.c.registered_model_name == name))
             return gone.rowcount > 0
 
-    def served(self) -> dict[str, str | None]:
-        """Each served model's env_manager (None: the platform's default), oldest enabled first."""
-        query = sa.select(serving.c.registered_model_name, serving.c.env_manager)
+    def served(self) -> dict[str, dict[str, Any]]:
+        """Each served model's settings that it sets (the rest are the platform's defaults),
+        oldest enabled first."""
+        query = sa.select(serving.c.registered_model_name, *(serving.c[k] for k in SETTINGS))
         with self.engine.connect() as db:
-            return {name: manager for name, manager in db.execute(query.order_by("enabled_at"))}
+            rows = db.execute(query.order_by("enabled_at"))
+            return {row[0]: _settings(row._mapping) for row in rows}
 
-    def set_env_manager(self, name: str, env_manager: str) -> bool:
-        """Set a served model's env_manager; False if it is not served or already had it."""
+    def update(self, name: str, settings: dict[str, Any]) -> bool:
+        """Set some settings of served model `name` (control/settings.py `parse`'s shape);
+        False if it is not served."""
+        values = dict(settings)
+        if "tags" in values:
+            values["tags"] = json.dumps([list(tag) for tag in values["tags"]])
         with self.engine.begin() as db:
-            changed = db.execute(
-                serving.update()
-                .where(serving.c.registered_model_name == name)
-                .where(
-                    sa.or_(serving.c.env_manager.is_(None), serving.c.env_manager != env_manager)
-                )
-                .values(env_manager=env_manager)
-            )
-            return changed.rowcount > 0
+            query = serving.update().where(serving.c.registered_model_name == name)
+            return db.execute(query.values(**values)).rowcount > 0
 
     def record(
         self,
@@ -132,3 +138,11 @@ class StateStore:
                 }
                 for row in db.execute(query)
             ]
+
+
+def _settings(row: Any) -> dict[str, Any]:
+    """The settings a row sets: those not None, tags as a tuple of (key, value)."""
+    found = {k: row[k] for k in SETTINGS if row[k] is not None}
+    if "tags" in found:
+        found["tags"] = tuple((k, v) for k, v in json.loads(found["tags"]))
+    return found

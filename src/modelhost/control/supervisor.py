@@ -18,9 +18,11 @@ from typing import Protocol
 
 from modelhost.control.environments import Environment
 from modelhost.control.routes import ServerAddress, empty
+from modelhost.control.settings import Runtime
 
-# A server runs the versions of one registered model that share one environment.
-ServerKey = tuple[str, str]  # (registered model name, environment key)
+# A server runs the versions of one registered model that share one environment, with the
+# model's settings of the time it started: new settings are a new server, started beside it.
+ServerKey = tuple[str, str, Runtime]  # (registered model name, environment key, its runtime)
 
 
 class Health(StrEnum):
@@ -46,14 +48,15 @@ class Held:
 
 @dataclass(frozen=True)
 class ServerSpec:
-    """What to run: the model server of `model` in `environment`."""
+    """What to run: the model server of `model` in `environment`, with `runtime`."""
 
     model: str
     environment: Environment
+    runtime: Runtime = field(default_factory=Runtime)
 
     @property
     def key(self) -> ServerKey:
-        return (self.model, environment_key(self.environment))
+        return (self.model, environment_key(self.environment), self.runtime)
 
 
 @dataclass(frozen=True)

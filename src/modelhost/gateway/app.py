@@ -11,6 +11,7 @@ import httpx
 import orjson
 
 from modelhost.asgi import Receive, Scope, Send, read_body, refuse_method, respond
+from modelhost.auth.origin import CROSS_SITE, changes, cross_site
 from modelhost.config import UpSettings
 from modelhost.control.routes import ServerAddress, VersionState
 from modelhost.control.serving import ServingControl
@@ -20,22 +21,29 @@ from modelhost.errors import (
     NotFound,
     NotReady,
     PayloadTooLarge,
+    PermissionDenied,
     Timeout,
 )
 from modelhost.gateway import openapi, ui
+from modelhost.gateway.examples import Examples
 from modelhost.gateway.metrics import GatewayMetrics
-from modelhost.gateway.paths import registry_route, scoring_target, serving_action
+from modelhost.gateway.page_api import PageAPI
+from modelhost.gateway.paths import (
+    MLFLOW_UI,
+    MLFLOW_UI_CALLS,
+    MODELHOST_ROOT,
+    mlflow_ui_file,
+    registry_route,
+    scoring_target,
+    serving_action,
+)
 from modelhost.gateway.pool import ConnectionPool, UpstreamClosed
 from modelhost.gateway.proxy import HOP_BY_HOP, Upstream
+from modelhost.gateway.series import Series
 from modelhost.gateway.serving import ServingAPI
 
 log = logging.getLogger("modelhost.gateway")
 
-# The pool sets its own framing (Content-Length) and connection handling; a model is code that
-# may not be trusted with the caller's credentials.
-NOT_FORWARDED = HOP_BY_HOP | {
-    b"content-length", b"authorization", b"cookie", b"proxy-authorization"
-}  # fmt: skip
 # What the gateway answers itself, to GET or HEAD.
 PAGES = ("/health", "/openapi.json", "/docs", "/metrics")
 
@@ -58,6 +66,9 @@ class Gateway:
         self._registry: Upstream | None = None
         self._pools: dict[int, ConnectionPool] = {}  # by model server (its number)
         self.metrics = GatewayMetrics(served=lambda name: name in control.routes.models)
+        self.series = Series(self.metrics)
+        self.page_api = PageAPI(Examples(registry_url), self.series)
+        self._sampling: asyncio.Task | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -79,9 +90,12 @@ class Gateway:
                     bearer=self.registry_secret,
                     max_per_client=self.settings.registry_requests_per_client,
                 )
+                self._sampling = asyncio.create_task(self.series.run(), name="metrics series")
                 gc.freeze()  # what startup made (MLflow's modules above all) stays: never walk it
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if self._sampling:
+                    self._sampling.cancel()
                 if self._registry:
                     await self._registry.close()
                 for pool in self._pools.values():
@@ -96,14 +110,26 @@ class Gateway:
                 await self._score(scope, receive, send, *target)
             else:
                 await refuse_method(send, scope, ("POST",))
+        elif changes(scope) and cross_site(scope):
+            # Another site's page made the browser send it: with auth off nothing else stops it.
+            error = PermissionDenied(CROSS_SITE)
+            await respond(send, error.status, error.body())
         elif (action := serving_action(path)) is not None:
             await self.serving_api(scope, receive, send, action)
-        elif registry_route(path) is not None:
+        elif registry_route(path) is not None or path in MLFLOW_UI_CALLS:
             assert self._registry is not None, "lifespan startup has run"
             if scope["method"] == "PUT" and (refused := self._upload_refused(scope)):
                 await respond(send, refused.status, refused.body())
                 return
             await self._registry.forward(scope, receive, send)
+        elif path.startswith(MODELHOST_ROOT):
+            await self.page_api(scope, receive, send)
+        elif mlflow_ui_file(path) and scope["method"] not in ("GET", "HEAD"):
+            await refuse_method(send, scope, ("GET", "HEAD"))
+        elif mlflow_ui_file(path):
+            assert self._registry is not None, "lifespan startup has run"
+            # MLflow's index answers at the registry's `/`; its files at their own paths.
+            await self._registry.forward(scope, receive, send, "/" if path == MLFLOW_UI else None)
         elif ui.is_page(path):
             await ui.serve(scope, send)
         elif path in PAGES and scope["method"] not in ("GET", "HEAD"):
@@ -138,16 +164,15 @@ class Gateway:
         send = self.metrics.watch(name, send)  # counts the answer, whichever it is
 
         retry = ((b"retry-after", b"1"),)
+        timeout_s = self.control.routes.timeout_s(name)  # the model's own, or --timeout
         try:
             version, server = self._route(name, ref)
             pool = self._pools.get(server.number) or self._pool(server)
-            body = await read_body(dict(scope["headers"]), receive, self.settings.max_body_bytes)
-            forwarded = [(k, v) for k, v in scope["headers"] if k not in NOT_FORWARDED]
-            # The server times out scoring itself; this bounds a server that answers nothing.
-            async with asyncio.timeout(self.settings.timeout_s):
-                answer = await pool.request(
-                    "POST", f"/versions/{version}/invocations", forwarded, body
-                )
+            headers = scope["headers"]
+            body = await read_body(dict(headers), receive, self.settings.max_body_bytes)
+            content_type = next((v for k, v in headers if k == b"content-type"), b"")
+            # The server times out scoring itself; the pool bounds one that answers nothing.
+            answer = await pool.score(version, content_type, body, timeout_s)
         except ModelhostError as e:
             headers = retry if isinstance(e, NotReady) else ()
             await respond(send, e.status, e.body(), headers=headers)
@@ -158,9 +183,9 @@ class Gateway:
             return
         except TimeoutError:
             error = Timeout(
-                f"The model server of '{name}' did not answer within {self.settings.timeout_s:g} "
-                "s: the model may be too slow for this input (send fewer rows, or raise "
-                "--timeout), or its server hangs and is being replaced (send again shortly)."
+                f"The model server of '{name}' did not answer within {timeout_s:g} s: the model "
+                "may be too slow for this input (send fewer rows, or raise the model's timeout_s "
+                "setting), or its server hangs and is being replaced (send again shortly)."
             )
             await respond(send, error.status, error.body(), headers=retry)
             return

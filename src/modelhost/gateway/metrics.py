@@ -30,6 +30,7 @@ import logging
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from http import HTTPStatus
 
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
@@ -49,6 +50,15 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02
 RELAYED = ("modelhost_batch_rows", "modelhost_predict_duration_seconds")
 SCRAPE_TIMEOUT_S = 2.0
 VERSION_HEADER = b"x-modelhost-version"
+
+
+@dataclass(frozen=True)
+class VersionCounts:
+    """What one version of a served model has answered since the gateway started."""
+
+    requests: int
+    errors: int  # answers with status 400 or above
+    buckets: tuple[float, ...]  # latency counts per bucket of LATENCY_BUCKETS, then above them
 
 
 class GatewayMetrics:
@@ -75,6 +85,20 @@ class GatewayMetrics:
             histogram = self._latency[model, version] = [0.0] * (len(LATENCY_BUCKETS) + 2)
         histogram[bisect_left(LATENCY_BUCKETS, seconds)] += 1
         histogram[-1] += seconds
+
+    def version_counts(self) -> dict[tuple[str, str], VersionCounts]:
+        """The counts of each (served model, version that answered), for `gateway/series.py`."""
+        requests: dict[tuple[str, str], list[int]] = {}
+        for (model, version, status), count in self._requests.items():
+            if model and version:
+                totals = requests.setdefault((model, version), [0, 0])
+                totals[0] += count
+                if status >= HTTPStatus.BAD_REQUEST:
+                    totals[1] += count
+        return {
+            key: VersionCounts(total, errors, tuple(self._latency[key][:-1]))
+            for key, (total, errors) in requests.items()
+        }
 
     async def expose(self, send: Send, servers: Iterable[tuple[str, ConnectionPool]]) -> None:
         """Answer /metrics: the gateway's counts, and what each (model name, server) counted."""

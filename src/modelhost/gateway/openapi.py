@@ -18,6 +18,7 @@ from modelhost.auth.api import MAX_DAYS
 from modelhost.auth.policy import Level
 from modelhost.auth.store import Kind
 from modelhost.config import EnvManager
+from modelhost.control import settings as serving_settings
 
 SERVING = "/api/2.0/preview/mlflow/endpoints"
 AUTH = "/api/2.0/modelhost"
@@ -106,18 +107,47 @@ NAME_QUERY = _query(
     "registered_model_name", "The registered model, e.g. `prod.ml_team.iris_model`.", True
 )
 ENV_MANAGER = {"enum": [m.value for m in EnvManager]}
+# A tag is these two fields and no other (a third is refused).
+TAG = {**_object({"key": TEXT, "value": TEXT}, "key"), "additionalProperties": False}
+# A served model's settings, each field optional where they are set (control/settings.py).
+SETTINGS_FIELDS = {
+    "env_manager": ENV_MANAGER,
+    "workers": {"type": "integer", "minimum": serving_settings.WORKERS[0],
+                "maximum": serving_settings.WORKERS[1]},
+    "max_batch_size": {"type": "integer", "minimum": serving_settings.MAX_BATCH_SIZE[0],
+                       "maximum": serving_settings.MAX_BATCH_SIZE[1]},
+    "max_batch_delay_ms": {"type": "number", "minimum": serving_settings.MAX_BATCH_DELAY_MS[0],
+                           "maximum": serving_settings.MAX_BATCH_DELAY_MS[1]},
+    "timeout_s": {"type": "number", "exclusiveMinimum": serving_settings.TIMEOUT_S[0],
+                  "maximum": serving_settings.TIMEOUT_S[1]},
+    "tags": {"type": "array", "items": TAG, "maxItems": serving_settings.MAX_TAGS},
+}  # fmt: skip
+SETTINGS_SAID = (
+    "Settings (each optional): `env_manager` (`auto` serves each version in modelhost's own "
+    "Python environment when it satisfies the version's requirements, else in one built with "
+    "uv; `local` always modelhost's own; `uv` always a built one); `workers`, the worker "
+    "processes of the model server; `max_batch_size` and `max_batch_delay_ms`, its batching "
+    "limits; `timeout_s`, how long a scoring request may take before it gets 504; `tags`, "
+    "the team's own labels (given, they replace the whole list). A setting not given keeps "
+    "its value (`modelhost up`'s default until set). A change of `workers`, batching or "
+    "`timeout_s` starts a model server with the new settings; each version moves to it once "
+    "it is ready there, and the old server stops: no request fails meanwhile."
+)
 _ENDPOINT_STATUS = {
     "registered_model_name": "iris-demo",
     "state": "ENDPOINT_STATE_READY",
     "state_message": "The model server is up.",
-    "settings": {"env_manager": "auto"},
-}
+    "settings": {"env_manager": "auto", "workers": 1, "max_batch_size": 2048,
+                 "max_batch_delay_ms": 8, "timeout_s": 60,
+                 "tags": [{"key": "team", "value": "fraud"}]},
+}  # fmt: skip
 ENDPOINT_STATUS = _object(
     {
         "registered_model_name": TEXT,
         "state": TEXT,
         "state_message": TEXT,
-        "settings": _object({"env_manager": TEXT}),
+        "settings": _object(SETTINGS_FIELDS, *serving_settings.FIELDS),
+        "served_versions": {"type": "integer", "minimum": 0},
     },
     "registered_model_name",
     "state",
@@ -156,6 +186,34 @@ GRANT = _object(
     "level",
 )
 EMPTY = _json({}, {"type": "object"})
+SESSION = _json(
+    {"auth": True, "user": "alice", "admin": False},
+    _object(
+        {
+            "auth": {"type": "boolean"},
+            "user": {"type": ["string", "null"]},
+            "admin": {"type": "boolean"},
+        },
+        "auth",
+        "user",
+        "admin",
+    ),
+)
+_NUMBER_OR_NULL = {"type": ["number", "null"]}
+SERIES_POINT = _object(
+    {
+        "t": {"type": "integer"},
+        "requests_per_s": {"type": "number"},
+        "p50_ms": _NUMBER_OR_NULL,
+        "p99_ms": _NUMBER_OR_NULL,
+        "errors_per_s": {"type": "number"},
+        "requests": {"type": "integer"},
+        "errors": {"type": "integer"},
+    },
+    "t", "requests_per_s", "p50_ms", "p99_ms", "errors_per_s",
+)  # fmt: skip
+SERIES_POINT_EXAMPLE = {"t": 1767225600, "requests_per_s": 2.4, "p50_ms": 3.1, "p99_ms": 9.8,
+                        "errors_per_s": 0.0, "requests": 12, "errors": 0}  # fmt: skip
 _SCORING_EXAMPLE = {"dataframe_split": {"columns": FEATURES, "data": [[5.1, 3.5, 1.4, 0.2]]}}
 
 
@@ -170,7 +228,8 @@ def _serving_change(summary: str, fields: dict[str, Any], example: dict[str, Any
             EMPTY,
             (400, 403, 404, 413),
             {
-                400: "No `registered_model_name` in the body, or a bad `env_manager`.",
+                400: "No `registered_model_name` in the body, or a bad or unknown setting: "
+                "the message says what it may be.",
                 403: NO_GRANT.format(level="MANAGE"),
                 404: "The registry has no such registered model, or (to turn serving off or "
                 "change its settings) serving is not enabled for it.",
@@ -271,14 +330,10 @@ _PATHS: dict[str, Any] = {
         "post": {
             **_serving_change(
                 "Serve every non-archived version of a registered model",
-                {"env_manager": ENV_MANAGER},
-                {"registered_model_name": "iris-demo", "env_manager": "auto"},
+                SETTINGS_FIELDS,
+                {"registered_model_name": "iris-demo", "env_manager": "auto", "workers": 1},
             ),
-            "description": (
-                "`env_manager` (optional): `auto` serves each version in modelhost's own Python "
-                "environment when it satisfies the version's requirements, else in one built "
-                "with uv; `local` always modelhost's own; `uv` always a built one."
-            ),
+            "description": SETTINGS_SAID,
         }
     },
     f"{SERVING}/disable": {
@@ -291,14 +346,13 @@ _PATHS: dict[str, Any] = {
     f"{SERVING}/update-settings": {
         "post": {
             **_serving_change(
-                "Change a served model's settings: `env_manager`",
-                {"env_manager": ENV_MANAGER},
-                {"registered_model_name": "iris-demo", "env_manager": "auto"},
+                "Change some of a served model's settings",
+                SETTINGS_FIELDS,
+                {"registered_model_name": "iris-demo", "workers": 2, "max_batch_size": 64},
             ),
-            "description": (
-                "The versions are prepared again in the new environment; each keeps serving "
-                "from the old one until it is ready in the new."
-            ),
+            "description": SETTINGS_SAID + " A new `env_manager` prepares the versions again in "
+            "the new environment; each keeps serving from the old one until it is ready in the "
+            "new. At least one setting must be given.",
         }
     },
     f"{SERVING}/get-status": {
@@ -342,6 +396,8 @@ _PATHS: dict[str, Any] = {
                             "endpoint_version_name": TEXT,
                             "state": TEXT,
                             "state_message": TEXT,
+                            "stages": {"type": "array", "items": TEXT},
+                            "aliases": {"type": "array", "items": TEXT},
                         },
                         "registered_model_name",
                         "endpoint_version_name",
@@ -521,6 +577,127 @@ _PATHS: dict[str, Any] = {
         (400, 403),
         parameters=[_query("target", "A registered model or prefix.", required=True)],
     ),
+    f"{AUTH}/session": {
+        method: {
+            "tags": ["Page"],
+            "summary": summary,
+            "description": (
+                "The page's sign-in. POST trades a token for the `modelhost_session` cookie "
+                "(HttpOnly, SameSite=Strict, Path=/, ending with the browser session; it holds "
+                "no token). The cookie signs in wherever a token does, but a change signed in "
+                "only by it must come from the gateway's own pages (`Origin` or "
+                "`Sec-Fetch-Site: same-origin`). With auth off: `auth` false, everything allowed."
+            ),
+            "security": [],  # the credential, if any, is the body's token or the cookie
+            **more,
+            "responses": _answers(SESSION, statuses, said),
+        }
+        for method, summary, statuses, said, more in (
+            ("get", "Who is signed in (answered without a credential too)", (), {}, {}),
+            (
+                "post",
+                "Sign a browser in with a token: sets the session cookie",
+                (400, 403, 413),
+                {
+                    401: "The token is unknown, revoked or expired (a failed sign-in).",
+                    403: "Sent from another site's page.",
+                },
+                {
+                    "requestBody": _body(
+                        _object({"token": {"type": "string", "minLength": 1}}, "token"),
+                        {"token": "mh_..."},
+                    )
+                },
+            ),
+            (
+                "delete",
+                "Sign the browser out: clears the cookie",
+                (403,),
+                {403: "Sent from another site's page."},
+                {},
+            ),
+        )
+    },
+    f"{AUTH}/models/permission": {
+        "get": {
+            "tags": ["Page"],
+            "summary": "The caller's own level on a registered model: what the page may offer",
+            "description": "`NONE` without a grant (whether or not the model exists); `MANAGE` "
+            "for admins and with auth off.",
+            "parameters": [NAME_QUERY],
+            "responses": _answers(
+                _json(
+                    {"registered_model_name": "iris-demo", "permission_level": "READ"},
+                    _object(
+                        {
+                            "registered_model_name": TEXT,
+                            "permission_level": {"enum": [*(lv.name for lv in Level), "NONE"]},
+                        },
+                        "registered_model_name",
+                        "permission_level",
+                    ),
+                ),
+                (400,),
+                {400: "No `registered_model_name` in the query."},
+            ),
+        }
+    },
+    f"{AUTH}/models/example": {
+        "get": {
+            "tags": ["Page"],
+            "summary": "A body to score a version with: its logged input example, or a "
+            "skeleton from its signature",
+            "parameters": [NAME_QUERY, _query("version", "The version, e.g. `1`.", True)],
+            "responses": _answers(
+                _json(
+                    {"example": _SCORING_EXAMPLE, "source": "input_example"},
+                    _object(
+                        {"example": {}, "source": {"enum": ["input_example", "signature"]}},
+                        "example",
+                        "source",
+                    ),
+                ),
+                (400, 403, 404, 503),
+                {
+                    400: "No `registered_model_name` or `version` in the query, or more than one.",
+                    403: NO_GRANT.format(level="READ"),
+                    404: "No such version, or it was logged with neither an input example nor "
+                    "a signature.",
+                    503: "The registry did not answer; see `Retry-After`.",
+                },
+            ),
+        }
+    },
+    f"{AUTH}/metrics/series": {
+        "get": {
+            "tags": ["Page"],
+            "summary": "The last 15 minutes of scoring per version, every `interval_s` seconds",
+            "description": "Oldest first; `p50_ms` and `p99_ms` are null in an interval with no "
+            "request. Errors are answers with a status of 400 or above.",
+            "parameters": [NAME_QUERY],
+            "responses": _answers(
+                _json(
+                    {"interval_s": 5, "versions": {"1": [SERIES_POINT_EXAMPLE]}},
+                    _object(
+                        {
+                            "interval_s": {"type": "number"},
+                            "versions": {
+                                "type": "object",
+                                "additionalProperties": {"type": "array", "items": SERIES_POINT},
+                            },
+                        },
+                        "interval_s",
+                        "versions",
+                    ),
+                ),
+                (400, 403),
+                {
+                    400: "No `registered_model_name` in the query, or more than one.",
+                    403: NO_GRANT.format(level="READ"),
+                },
+            ),
+        }
+    },
     "/health": {
         "get": {
             "tags": ["Operations"],

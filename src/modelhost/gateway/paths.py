@@ -8,6 +8,10 @@ reading (an encoded slash or backslash, `..` above the root, a bad percent sign,
 characters) is refused. Auth and routing read `scope["path"]`; the proxy forwards
 `scope["raw_path"]`, the same path encoded again.
 
+MLflow's own UI is served under `/mlflow/`: its index there, and its files and API calls, which
+it makes relative to the index (`/mlflow/static-files/...`, `/mlflow/ajax-api/...`), rewritten
+here to the registry's own paths, so auth judges `/mlflow/ajax-api/X` exactly as `/ajax-api/X`.
+
 The gateway's route families are parsed here too, so auth and routing split a path alike.
 """
 
@@ -38,6 +42,11 @@ REGISTRY_ROOTS = (
 )
 SERVING_ROOTS = ("/api/2.0/preview/mlflow/endpoints/", "/api/2.0/mlflow/endpoints/")
 MODELHOST_ROOT = "/api/2.0/modelhost/"
+MLFLOW_UI = "/mlflow/"  # MLflow's UI: its index page
+MLFLOW_FILES = "/static-files/"  # where MLflow's UI has its scripts, styles and images
+# What else MLflow's UI calls on its server, outside the API roots: the MLmodel of a registered
+# version, a run's files, and its GraphQL queries.
+MLFLOW_UI_CALLS = ("/model-versions/get-artifact", "/get-artifact", "/graphql")
 
 
 class Normalized:
@@ -55,6 +64,8 @@ class Normalized:
                 await respond(send, e.status, e.body())
                 return
             scope = {**scope, "path": path, "raw_path": encoded(path)}
+        if scope["type"] == "http" and (inner := mlflow_ui_path(scope["path"])) is not None:
+            scope = {**scope, "path": inner, "raw_path": encoded(inner)}
         await self.app(scope, receive, send)
 
 
@@ -92,6 +103,21 @@ def canonical(raw: bytes) -> str:
 def encoded(path: str) -> bytes:
     """`path` percent-encoded for the wire: one decoding gives it back exactly."""
     return quote(path, safe="/" + SEGMENT_SAFE).encode("ascii")
+
+
+def mlflow_ui_path(path: str) -> str | None:
+    """The registry's own path of a file or API call of MLflow's UI under /mlflow/, if it is one."""
+    if not path.startswith(MLFLOW_UI):
+        return None
+    inner = path[len(MLFLOW_UI) - 1 :]
+    if inner.startswith(MLFLOW_FILES) or inner in MLFLOW_UI_CALLS or registry_route(inner):
+        return inner
+    return None
+
+
+def mlflow_ui_file(path: str) -> bool:
+    """Whether `path` is MLflow's UI itself (its index or its files), public as any page is."""
+    return path == MLFLOW_UI or path.startswith(MLFLOW_FILES)
 
 
 def scoring_target(path: str) -> tuple[str, str] | None:

@@ -1,8 +1,10 @@
 """Kept-alive HTTP/1.1 connections to one model server: the scoring path's only hop.
 
-Every scoring request crosses the gateway, so this does the least it can: one write per request,
-httptools (uvicorn's own parser) to read the answer, and idle connections reused. It speaks
-only to modelhost's model servers, over their Unix sockets, which answer every request with a
+Every scoring request crosses the gateway, so this does the least it can: one write per
+exchange, httptools (uvicorn's own parser) to read the answer, and idle connections reused. The
+scoring requests for one version that arrive in the same pass of the event loop go as one pack
+(`modelhost.packing`): one exchange for the crowd, handed to the server's batcher at once. It
+speaks only to modelhost's model servers, over their Unix sockets, which answer every request with a
 Content-Length, so it needs none of a general client's features (redirects, cookies, TLS,
 compression, proxies). The registry's traffic goes through `proxy.Upstream` instead.
 """
@@ -12,9 +14,13 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass
+from itertools import zip_longest
 from typing import cast
 
 import httptools
+
+from modelhost import packing
+from modelhost.errors import ModelhostError
 
 
 @dataclass(slots=True)
@@ -94,6 +100,15 @@ class _Connection(asyncio.Protocol):
             self.answer.set_exception(error)
 
 
+@dataclass(slots=True)
+class _Waiting:
+    """A scoring request held for the next pack."""
+
+    content_type: bytes
+    body: bytes
+    answer: asyncio.Future[Response]
+
+
 class ConnectionPool:
     """Connections to one model server's Unix socket, opened as needed and kept while idle."""
 
@@ -101,6 +116,86 @@ class ConnectionPool:
         self.path = path
         self.max_idle = max_idle
         self._idle: deque[_Connection] = deque()
+        self._waiting: dict[tuple[str, float], list[_Waiting]] = {}  # by (version, timeout)
+        self._sending: set[asyncio.Future[None]] = set()
+
+    async def score(
+        self, version: str, content_type: bytes, body: bytes, timeout_s: float
+    ) -> Response:
+        """The model server's answer to one scoring request for `version`.
+
+        Raises UpstreamClosed, or TimeoutError past `timeout_s`. A small request waits for the
+        end of this pass of the event loop, then goes with every other that came meanwhile.
+        """
+        if len(body) > packing.MAX_BODY_BYTES:
+            return await self._alone(version, content_type, body, timeout_s)
+        answer = asyncio.get_running_loop().create_future()
+        key = (version, timeout_s)
+        waiting = self._waiting.get(key)
+        if waiting is None:
+            waiting = self._waiting[key] = []
+            asyncio.get_running_loop().call_soon(self._send_waiting, key)
+        waiting.append(_Waiting(content_type, body, answer))
+        return await answer
+
+    def _send_waiting(self, key: tuple[str, float]) -> None:
+        waiting = self._waiting.pop(key)
+        version, timeout_s = key
+        for start in range(0, len(waiting), packing.MAX_REQUESTS):
+            part = waiting[start : start + packing.MAX_REQUESTS]
+            task = asyncio.ensure_future(self._send(version, part, timeout_s))
+            self._sending.add(task)  # held until done: the loop keeps only weak references
+            task.add_done_callback(self._sending.discard)
+
+    async def _send(self, version: str, waiting: list[_Waiting], timeout_s: float) -> None:
+        """One exchange for `waiting`; every answer or failure goes to its request's future."""
+        answers: list[Response] = []
+        error: Exception = UpstreamClosed("The exchange with the model server was cut short.")
+        try:
+            if len(waiting) == 1:
+                one = waiting[0]
+                answers = [await self._alone(version, one.content_type, one.body, timeout_s)]
+            else:
+                answers = await self._packed(version, waiting, timeout_s)
+        except (UpstreamClosed, TimeoutError) as e:
+            error = e
+        finally:  # whatever happened, no request is left waiting
+            for request, answer in zip_longest(waiting, answers):
+                if request.answer.done():  # its caller left
+                    continue
+                if answer is None:
+                    request.answer.set_exception(error)
+                else:
+                    request.answer.set_result(answer)
+
+    async def _alone(
+        self, version: str, content_type: bytes, body: bytes, timeout_s: float
+    ) -> Response:
+        headers = [(b"content-type", content_type)] if content_type else []
+        async with asyncio.timeout(timeout_s):
+            return await self.request("POST", f"/versions/{version}/invocations", headers, body)
+
+    async def _packed(
+        self, version: str, waiting: list[_Waiting], timeout_s: float
+    ) -> list[Response]:
+        pack = packing.pack_requests([(w.content_type, w.body) for w in waiting])
+        headers = [(b"content-type", packing.CONTENT_TYPE)]
+        async with asyncio.timeout(timeout_s):
+            answer = await self.request(
+                "POST", f"/versions/{version}/packed-invocations", headers, pack
+            )
+        try:
+            if answer.status != 200:
+                raise ModelhostError(answer.body.decode(errors="replace"))
+            answers = packing.unpack_answers(answer.body)
+            if len(answers) != len(waiting):
+                raise ModelhostError(f"{len(answers)} answers to {len(waiting)} requests")
+        except ModelhostError as e:
+            raise UpstreamClosed(f"The model server answered a pack wrongly: {e.message}") from None
+        return [
+            Response(status, _headers(len(body), retry_after), body)
+            for status, retry_after, body in answers
+        ]
 
     async def request(
         self, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes
@@ -147,3 +242,11 @@ class ConnectionPool:
     def close(self) -> None:
         while self._idle:
             self._idle.pop().close()
+
+
+def _headers(length: int, retry_after: int) -> list[tuple[bytes, bytes]]:
+    """An answer's headers, as the model server would have sent it alone."""
+    headers = [(b"content-type", packing.JSON), (b"content-length", b"%d" % length)]
+    if retry_after:
+        headers.append((b"retry-after", b"%d" % retry_after))
+    return headers

@@ -138,7 +138,9 @@ class Upstream:
 
     def _headers(self, received: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         if self._credentials is None:
-            return [(k, v) for k, v in received if k not in HOP_BY_HOP]
+            # The caller's Authorization is the registry's own to judge; cookies are the
+            # gateway's (a browser's modelhost session) and never leave it.
+            return [(k, v) for k, v in received if k not in HOP_BY_HOP and k != b"cookie"]
         kept = [(k, v) for k, v in received if k not in HOP_BY_HOP and k not in CALLER_CREDENTIALS]
         return [*kept, *self._credentials]
 

@@ -13,14 +13,14 @@ import orjson
 from modelhost import logs
 from modelhost.asgi import Receive, Scope, Send, read_body, refuse_method, respond
 from modelhost.auth import ACTOR
-from modelhost.config import EnvManager
+from modelhost.control import settings as serving_settings
 from modelhost.control.routes import EndpointState
 from modelhost.control.serving import ServingControl
 from modelhost.errors import InvalidInput, ModelhostError, NotFound, NotReady
 
 LOG_LINES = 2000  # the tail of a model server's log that `logs` returns
 LOG_BYTES = 8 * 1024 * 1024  # read from the end of the log, to find those lines in
-BODY_LIMIT = 64 * 1024  # a name and a setting or two
+BODY_LIMIT = 512 * 1024  # a name and the settings (up to 50 tags of 5000 characters)
 # Each action and the one method it takes.
 ACTIONS = {"enable": "POST", "disable": "POST", "update-settings": "POST", "get-status": "GET",
            "list": "GET", "list-versions": "GET", "events": "GET", "logs": "GET"}  # fmt: skip
@@ -57,9 +57,9 @@ class ServingAPI:
             name, fields = await self._name_from_body(scope, receive)
             actor = scope.get(ACTOR)  # who asked, once signed in: an audit event
             if action == "enable":
-                await control.enable(name, _env_manager(fields, required=False), actor)
+                await control.enable(name, serving_settings.parse(fields), actor)
             elif action == "update-settings":
-                await control.update_settings(name, _env_manager(fields, required=True), actor)
+                await control.update_settings(name, serving_settings.parse(fields), actor)
             else:
                 await control.disable(name, actor)
             return {}
@@ -68,11 +68,13 @@ class ServingAPI:
         query = parse_qs(scope.get("query_string", b"").decode())
         if action == "list":
             served = await control.served()
-            return {"endpoints": [self._status(n, settings) for n, settings in served.items()]}
+            return {
+                "endpoints": [self._status(n, settings.to_json()) for n, settings in served.items()]
+            }
         name = _one(query, "registered_model_name")
         settings = await control.must_be_served(name)
         if action == "get-status":
-            return {"endpoint_status": self._status(name, settings)}
+            return {"endpoint_status": self._status(name, settings.to_json())}
         if action == "list-versions":
             routes = control.routes.models.get(name)
             versions = routes.versions if routes else {}
@@ -83,6 +85,8 @@ class ServingAPI:
                         "endpoint_version_name": version,
                         "state": route.state.value,
                         "state_message": route.message,
+                        "stages": list(route.stages),
+                        "aliases": list(route.aliases),
                     }
                     for version, route in sorted(versions.items(), key=lambda item: int(item[0]))
                 ]
@@ -101,6 +105,7 @@ class ServingAPI:
             "state": (routes.state if routes else EndpointState.PENDING).value,
             "state_message": routes.message if routes else "Starting the model server.",
             "settings": settings,
+            "served_versions": len(routes.versions) if routes else 0,
         }
 
     async def _name_from_body(self, scope: Scope, receive: Receive) -> tuple[str, dict]:
@@ -127,21 +132,6 @@ def _tail(path: Path, version: str | None) -> str:
     if version is not None:
         text = logs.of_version(text, version)
     return "".join(text.splitlines(keepends=True)[-LOG_LINES:])
-
-
-def _env_manager(fields: dict, required: bool) -> str | None:
-    """The `env_manager` a request sets: one of EnvManager; None when it sets none."""
-    value = fields.get("env_manager")
-    allowed = ", ".join(m.value for m in EnvManager)
-    if value is None and not required:
-        return None
-    if not isinstance(value, str) or value not in {m.value for m in EnvManager}:
-        raise InvalidInput(
-            f"env_manager must be one of {allowed}, not {value!r}: auto serves a version in "
-            "modelhost's own environment when that satisfies its requirements and builds one "
-            "with uv otherwise, local always uses modelhost's own, uv always builds one."
-        )
-    return value
 
 
 def _one(query: dict[str, list[str]], key: str) -> str:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from http import HTTPStatus
+from pathlib import Path
 
 import mlflow
 import orjson
 
+from modelhost import packing
 from modelhost.asgi import Receive, Scope, Send, read_body, respond
 from modelhost.config import ServeSettings
 from modelhost.errors import (
@@ -22,6 +25,7 @@ from modelhost.errors import (
 )
 from modelhost.worker import metrics, protocol
 from modelhost.worker.model import ServedModel
+from modelhost.worker.replicas import FOLDER_ENV, Replicas
 from modelhost.worker.versions import Version, Versions, VersionState
 
 log = logging.getLogger("modelhost.worker")
@@ -44,10 +48,16 @@ class ModelServer:
     """
 
     def __init__(
-        self, settings: ServeSettings, versions: Versions, default: str | None, control: bool
+        self,
+        settings: ServeSettings,
+        versions: Versions,
+        default: str | None,
+        control: bool,
+        replicas: Replicas | None = None,
     ) -> None:
         self.settings = settings
         self.versions = versions
+        self.replicas = replicas  # with several worker processes: what they all hold
         self.default = default  # the version /invocations answers, in `modelhost serve`
         self.control = control
         self._routes = {
@@ -73,8 +83,12 @@ class ModelServer:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 await self.versions.start()
+                if self.replicas is not None:
+                    self.replicas.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if self.replicas is not None:
+                    await self.replicas.close()
                 await self.versions.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -99,6 +113,8 @@ class ModelServer:
         method = scope["method"]
         if (method, rest) == ("POST", "invocations"):
             await self._invocations(scope, receive, send, name)
+        elif (method, rest) == ("POST", "packed-invocations"):
+            await self._packed(scope, receive, send, name)
         elif (method, rest) == ("GET", "metadata"):
             await self._describe(scope, receive, send, name)
         elif (method, rest) == ("PUT", ""):
@@ -122,44 +138,88 @@ class ModelServer:
             raise NotReady(f"Version {name} failed to load: {version.message}")
         return version
 
+    def _scorable(self, name: str | None) -> Version:
+        """A ready version whose batcher runs, or the error that says why not."""
+        version = self._ready(name)
+        if (fault := self.versions.fault(version)) is not None:
+            raise NotReady(f"{fault} The server must be restarted; send again shortly.")
+        assert version.batcher is not None and version.model is not None, "a ready one has both"
+        return version
+
     async def _invocations(
         self, scope: Scope, receive: Receive, send: Send, name: str | None = None
     ) -> None:
         started = time.perf_counter()
-        headers: tuple[tuple[bytes, bytes], ...] = ()
         try:
-            version = self._ready(name or self.default)
-            if (fault := self.versions.fault(version)) is not None:
-                raise NotReady(f"{fault} The server must be restarted; send again shortly.")
+            version = self._scorable(name or self.default)
             batcher, model = version.batcher, version.model
-            assert batcher is not None and model is not None, "a ready version has both"
+            assert batcher is not None and model is not None
             with batcher.arriving():
                 request_headers = dict(scope["headers"])
                 body = await read_body(request_headers, receive, self.settings.max_body_bytes)
                 model_input = await _parse(body, request_headers.get(b"content-type"), model)
             async with asyncio.timeout(self.settings.timeout_s):
-                answer = await batcher.score(model_input)
-            status = HTTPStatus.OK
+                status, retry_after, answer = HTTPStatus.OK, 0, await batcher.score(model_input)
+        except Exception as e:
+            status, retry_after, answer = self._failed(e)
+        await respond(send, status, answer, headers=RETRY_SOON if retry_after else ())
+        metrics.requests.labels(int(status)).inc()
+        metrics.latency.observe(time.perf_counter() - started)
+
+    async def _packed(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
+        """Requests the gateway received together (packing.py): each scored and answered alone,
+        all in one exchange, and handed to the batcher at once."""
+        started = time.perf_counter()
+        try:
+            body = await read_body(dict(scope["headers"]), receive, packing.MAX_PACK_BYTES)
+            requests = packing.unpack_requests(body)
         except ModelhostError as e:
-            status, answer = e.status, e.body()
-            if isinstance(e, NotReady):
-                headers = RETRY_SOON
-            metrics.errors.labels(e.error_code).inc()
-        except TimeoutError:
-            error = Timeout(
+            await respond(send, e.status, e.body())
+            return
+        answers: list[tuple[int, int, bytes]] = [(0, 0, b"")] * len(requests)
+        waiting: dict[asyncio.Future[bytes], int] = {}
+        try:
+            version = self._scorable(name)
+        except ModelhostError as e:
+            answers = [self._failed(e)] * len(requests)
+        else:
+            batcher, model = version.batcher, version.model
+            assert batcher is not None and model is not None
+            for at, (content_type, request) in enumerate(requests):
+                try:
+                    model_input = await _parse(request, content_type or None, model)
+                except Exception as e:
+                    answers[at] = self._failed(e)
+                else:
+                    waiting[batcher.submit(model_input)] = at
+        if waiting:
+            done, late = await asyncio.wait(waiting, timeout=self.settings.timeout_s)
+            for future in late:
+                future.cancel()  # the batcher skips it
+                answers[waiting[future]] = self._failed(TimeoutError())
+            for future in done:
+                error = future.exception()
+                answers[waiting[future]] = (
+                    self._failed(error) if error is not None else (200, 0, future.result())
+                )
+        await respond(send, HTTPStatus.OK, packing.pack_answers(answers), packing.CONTENT_TYPE)
+        took = time.perf_counter() - started
+        for status, _, _ in answers:
+            metrics.requests.labels(status).inc()
+            metrics.latency.observe(took)
+
+    def _failed(self, e: BaseException) -> tuple[int, int, bytes]:
+        """A failed request's status, Retry-After seconds (0 for none) and body."""
+        if isinstance(e, TimeoutError):
+            e = Timeout(
                 f"The model did not answer within {self.settings.timeout_s:g} s. Send fewer rows, "
                 "or raise the limit with --timeout."
             )
-            status, answer = error.status, error.body()
-            metrics.errors.labels(error.error_code).inc()
-        except Exception as e:  # a bug of ours or a library's: say so, keep serving
-            log.exception("Scoring a request failed unexpectedly")
-            error = ModelhostError(f"Scoring failed unexpectedly: {type(e).__name__}: {e}")
-            status, answer = error.status, error.body()
-            metrics.errors.labels(error.error_code).inc()
-        await respond(send, status, answer, headers=headers)
-        metrics.requests.labels(int(status)).inc()
-        metrics.latency.observe(time.perf_counter() - started)
+        elif not isinstance(e, ModelhostError):  # a bug of ours or a library's: say so
+            log.error("Scoring a request failed unexpectedly", exc_info=e)
+            e = ModelhostError(f"Scoring failed unexpectedly: {type(e).__name__}: {e}")
+        metrics.errors.labels(e.error_code).inc()
+        return int(e.status), 1 if isinstance(e, NotReady) else 0, e.body()
 
     async def _describe(
         self, scope: Scope, receive: Receive, send: Send, name: str | None = None
@@ -193,10 +253,13 @@ class ModelServer:
         except ModelhostError as e:
             await respond(send, e.status, e.body())
             return
+        if self.replicas is not None:
+            self.replicas.want(name, model_uri, local_path)
         await respond(send, HTTPStatus.ACCEPTED, orjson.dumps(version.describe()))
 
     async def _unload(self, name: str, send: Send) -> None:
-        if await self.versions.unload(name):
+        dropped = self.replicas is not None and self.replicas.drop(name)
+        if await self.versions.unload(name) or dropped:
             await respond(send, HTTPStatus.OK, b"{}")
         else:
             error = NotFound(f"This server holds no version {name!r}.")
@@ -218,7 +281,8 @@ class ModelServer:
 
     async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Reads state only, never calls a model, so it answers while one predicts.
-        faults, versions = self.versions.faults(), self.versions.describe()
+        faults = self.versions.faults()
+        versions = (self.replicas or self.versions).describe()
         if not faults:
             await respond(
                 send, HTTPStatus.OK, orjson.dumps({"status": "READY", "versions": versions})
@@ -257,4 +321,7 @@ def create_app() -> ModelServer:
 def create_platform_app() -> ModelServer:
     """Factory for a platform server: it starts empty and loads the versions it is told to."""
     settings = ServeSettings.from_env()
-    return ModelServer(settings, Versions(settings, tag_logs=True), default=None, control=True)
+    versions = Versions(settings, tag_logs=True)
+    folder = os.environ.get(FOLDER_ENV)
+    replicas = Replicas(Path(folder), versions, settings.workers) if folder else None
+    return ModelServer(settings, versions, default=None, control=True, replicas=replicas)

@@ -116,12 +116,17 @@ class Batcher:
 
     async def score(self, model_input: ModelInput) -> bytes:
         """The rendered predictions for one request; raises ModelhostError."""
+        return await self.submit(model_input)
+
+    def submit(self, model_input: ModelInput) -> asyncio.Future[bytes]:
+        """Queue one request; its future holds the rendered predictions or a ModelhostError.
+        Cancel the future to take the request back."""
         job = _Job(model_input, asyncio.get_running_loop().create_future())
         self._waiting.append(job)
         self._rows_waiting += model_input.rows or 0
         if len(self._waiting) >= self._wake_at or self._rows_waiting >= self._max_rows:
             self._wakeup.set()
-        return await job.answer
+        return job.answer
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

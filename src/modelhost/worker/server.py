@@ -12,10 +12,12 @@ import tempfile
 from typing import Any
 
 import uvicorn
+from uvicorn.supervisors import Multiprocess
 
 from modelhost.config import EnvManager, ServeSettings, default_home
 from modelhost.logs import configure_logging
 from modelhost.worker.model import download
+from modelhost.worker.replicas import FOLDER_ENV
 
 log = logging.getLogger("modelhost.worker")
 
@@ -79,11 +81,28 @@ def serve_versions(settings: ServeSettings) -> None:
     if settings.fd is None:
         raise RuntimeError("A platform model server needs --fd: `modelhost up` starts it.")
     listener = socket.socket(fileno=settings.fd)
-    log.info("Serving model versions on the socket %s", listener.getsockname())
-    settings = dataclasses.replace(settings, workers=1)
-    settings.export()  # the app is built from it
-    config = uvicorn.Config("modelhost.worker.app:create_platform_app", **_options(settings))
-    uvicorn.Server(config).run([listener])
+    log.info(
+        "Serving model versions on the socket %s with %d worker process(es)",
+        listener.getsockname(), settings.workers,
+    )  # fmt: skip
+    if settings.workers == 1:
+        settings.export()  # the app is built from it
+        config = uvicorn.Config("modelhost.worker.app:create_platform_app", **_options(settings))
+        uvicorn.Server(config).run([listener])
+        return
+    # Worker processes share the socket and keep what they hold alike through a folder
+    # (worker/replicas.py) in this server's own temporary folder, with their metrics beside it.
+    folder = tempfile.mkdtemp(prefix="modelhost-workers-")
+    try:
+        os.environ[FOLDER_ENV] = folder
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.path.join(folder, "metrics")
+        os.mkdir(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+        settings.export()
+        config = uvicorn.Config("modelhost.worker.app:create_platform_app", **_options(settings))
+        # Uvicorn's own supervisor: it starts the processes, and replaces one that dies or hangs.
+        Multiprocess(config, sockets=[listener]).run()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _run(factory: str, settings: ServeSettings) -> None:

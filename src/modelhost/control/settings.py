@@ -1,0 +1,195 @@
+"""A served model's settings: what they are, their defaults, and the one place they are checked.
+
+`env_manager` says which Python environment its versions run in; `runtime` is what its model
+servers run with (a change starts new servers, and the routes move once they are ready); `tags`
+are the team's own labels and change nothing that runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from modelhost.config import PLATFORM_MAX_BATCH_DELAY_MS, EnvManager, ServeSettings
+from modelhost.errors import InvalidInput
+
+# Allowed ranges, inclusive (timeout: above its lower bound).
+WORKERS = (1, 16)  # processes per model server, each holding every version
+MAX_BATCH_SIZE = (1, 100_000)
+MAX_BATCH_DELAY_MS = (0.0, 10_000.0)
+TIMEOUT_S = (0.0, 86_400.0)
+MAX_TAGS = 50
+TAG_KEY_CHARS = 250  # as MLflow's own tags
+TAG_VALUE_CHARS = 5000
+
+RUNTIME_FIELDS = ("workers", "max_batch_size", "max_batch_delay_ms", "timeout_s")
+FIELDS = ("env_manager", *RUNTIME_FIELDS, "tags")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What a model server runs with: worker processes, batching limits, scoring timeout."""
+
+    workers: int = 1
+    max_batch_size: int = ServeSettings.max_batch_size
+    max_batch_delay_ms: float = PLATFORM_MAX_BATCH_DELAY_MS
+    timeout_s: float = ServeSettings.timeout_s
+
+    def worker_options(self) -> list[str]:
+        """The `modelhost worker` flags that run a server with these."""
+        return [
+            "--workers", str(self.workers),
+            "--max-batch-size", str(self.max_batch_size),
+            "--max-batch-delay-ms", f"{self.max_batch_delay_ms:g}",
+            "--timeout", f"{self.timeout_s:g}",
+        ]  # fmt: skip
+
+
+Tags = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    """Every setting of one served model, each either set for it or the platform's default."""
+
+    env_manager: str = EnvManager.AUTO.value
+    runtime: Runtime = field(default_factory=Runtime)
+    tags: Tags = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """As the serving API shows them."""
+        runtime = self.runtime
+        return {
+            "env_manager": self.env_manager,
+            "workers": runtime.workers,
+            "max_batch_size": runtime.max_batch_size,
+            "max_batch_delay_ms": _number(runtime.max_batch_delay_ms),
+            "timeout_s": _number(runtime.timeout_s),
+            "tags": [{"key": key, "value": value} for key, value in self.tags],
+        }
+
+    def with_set(self, stored: Mapping[str, Any]) -> ServingSettings:
+        """These (the platform's defaults) with what a model sets for itself (`parse`'s shape)."""
+        runtime = replace(self.runtime, **{k: stored[k] for k in RUNTIME_FIELDS if k in stored})
+        return ServingSettings(
+            stored.get("env_manager", self.env_manager), runtime, stored.get("tags", self.tags)
+        )
+
+
+def platform_defaults(env_manager: str, timeout_s: float) -> ServingSettings:
+    """What a model that sets nothing is served with: `modelhost up`'s own settings."""
+    return ServingSettings(EnvManager(env_manager).value, Runtime(timeout_s=float(timeout_s)))
+
+
+def parse(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings a request sets, checked, by field (tags as `Tags`); InvalidInput names the
+    first that is wrong and what it may be. Fields it does not give are not in the result."""
+    unknown = sorted(set(fields) - set(FIELDS) - {"registered_model_name"})
+    if unknown:
+        raise InvalidInput(f"Unknown setting {unknown[0]!r}; the settings are {', '.join(FIELDS)}.")
+    given = {k: fields[k] for k in FIELDS if k in fields}
+    parsed: dict[str, Any] = {}
+    if "env_manager" in given:
+        parsed["env_manager"] = _env_manager(given["env_manager"])
+    if "workers" in given:
+        parsed["workers"] = _integer("workers", given["workers"], WORKERS, "worker processes")
+    if "max_batch_size" in given:
+        parsed["max_batch_size"] = _integer(
+            "max_batch_size", given["max_batch_size"], MAX_BATCH_SIZE, "rows per predict call"
+        )
+    if "max_batch_delay_ms" in given:
+        low, high = MAX_BATCH_DELAY_MS
+        value = given["max_batch_delay_ms"]
+        if not _is_number(value) or not low <= value <= high:
+            raise InvalidInput(
+                f"max_batch_delay_ms must be a number of milliseconds from {low:g} to {high:g} "
+                f"(how long a batch waits for more requests), not {value!r}."
+            )
+        parsed["max_batch_delay_ms"] = float(value)
+    if "timeout_s" in given:
+        low, high = TIMEOUT_S
+        value = given["timeout_s"]
+        if not _is_number(value) or not low < value <= high:
+            raise InvalidInput(
+                f"timeout_s must be a number of seconds above {low:g} and at most {high:g} "
+                f"(how long a scoring request may take before it gets 504), not {value!r}."
+            )
+        parsed["timeout_s"] = float(value)
+    if "tags" in given:
+        parsed["tags"] = _tags(given["tags"])
+    return parsed
+
+
+def changes(before: ServingSettings, after: ServingSettings) -> list[str]:
+    """What differs, as events say it: "workers 1 → 2"."""
+    was, now = before.to_json(), after.to_json()
+    said = []
+    for key in FIELDS:
+        if was[key] == now[key]:
+            continue
+        if key == "tags":
+            said.append(f"tags {_show_tags(before.tags)} → {_show_tags(after.tags)}")
+        else:
+            said.append(f"{key} {was[key]} → {now[key]}")
+    return said
+
+
+def _env_manager(value: Any) -> str:
+    allowed = {m.value for m in EnvManager}
+    if not isinstance(value, str) or value not in allowed:
+        raise InvalidInput(
+            f"env_manager must be one of {', '.join(m.value for m in EnvManager)}, not "
+            f"{value!r}: auto serves a version in modelhost's own environment when that "
+            "satisfies its requirements and builds one with uv otherwise, local always uses "
+            "modelhost's own, uv always builds one."
+        )
+    return value
+
+
+def _integer(key: str, value: Any, bounds: tuple[int, int], what: str) -> int:
+    low, high = bounds
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # 2.0 from a JavaScript number is 2
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise InvalidInput(f"{key} must be a whole number of {what} from {low} to {high}, "
+                           f"not {value!r}.")  # fmt: skip
+    return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == value
+
+
+def _tags(value: Any) -> Tags:
+    shape = 'tags must be a list of {"key": "<name>", "value": "<text>"}'
+    if not isinstance(value, list):
+        raise InvalidInput(f"{shape}, not {value!r}.")
+    if len(value) > MAX_TAGS:
+        raise InvalidInput(f"At most {MAX_TAGS} tags, not {len(value)}.")
+    tags: dict[str, str] = {}
+    for tag in value:
+        if not isinstance(tag, dict) or set(tag) - {"key", "value"}:
+            raise InvalidInput(f"{shape}; {tag!r} is not one.")
+        key, text = tag.get("key"), tag.get("value", "")
+        if not isinstance(key, str) or not key.strip() or len(key) > TAG_KEY_CHARS:
+            raise InvalidInput(
+                f"A tag's key must be text of 1 to {TAG_KEY_CHARS} characters, not {key!r}."
+            )
+        if not isinstance(text, str) or len(text) > TAG_VALUE_CHARS:
+            raise InvalidInput(
+                f"The value of tag {key!r} must be text of at most {TAG_VALUE_CHARS} characters."
+            )
+        if key in tags:
+            raise InvalidInput(f"Tag {key!r} is given twice; each key may appear once.")
+        tags[key] = text
+    return tuple(tags.items())
+
+
+def _show_tags(tags: Tags) -> str:
+    return "{" + ", ".join(f"{k}={v}" for k, v in tags) + "}"
+
+
+def _number(value: float) -> int | float:
+    """60.0 shows as 60, as it was most likely given."""
+    return int(value) if float(value).is_integer() else value
