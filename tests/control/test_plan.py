@@ -201,7 +201,7 @@ def test_a_version_that_fails_to_load_is_not_held_again_on_the_same_server():
     planned = plan(desired(model(v1="None")), world, RouteTable(), now=0)
     assert planned.routes.models["m"].versions["1"].state is VersionState.FAILED
     assert not of(Hold, planned.actions)
-    assert planned.routes.models["m"].state is EndpointState.READY  # its server is up
+    assert planned.routes.models["m"].state is EndpointState.FAILED  # no version answers
 
 
 def test_a_new_env_manager_prepares_again_and_serves_from_the_old_until_the_new_is_ready():

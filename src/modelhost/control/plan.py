@@ -433,14 +433,18 @@ def _named(model: DesiredModel, version: str) -> dict[str, tuple[str, ...]]:
 def _endpoint_state(
     servers: Mapping[str, ServerView], routes: Mapping[str, VersionRoute]
 ) -> tuple[EndpointState, str]:
-    up = [s for s in servers.values() if s.health is Health.UP]
-    if up:
-        many = f"{len(up)} model servers are" if len(up) > 1 else "The model server is"
-        return EndpointState.READY, f"{many} up."
+    """Ready once a version answers: what a person waiting to send a request wants to know."""
+    ready = sum(route.state is VersionState.READY for route in routes.values())
+    if ready == len(routes) == 1:
+        return EndpointState.READY, "Ready to answer."
+    if ready:
+        return EndpointState.READY, f"{ready} of {len(routes)} versions are ready."
     if not routes:
         return EndpointState.READY, "No version to serve."
     if all(route.state is VersionState.FAILED for route in routes.values()):
         return EndpointState.FAILED, "No version could be served; see list-versions."
+    if any(s.health is Health.UP for s in servers.values()):
+        return EndpointState.PENDING, "Loading the versions."
     if servers:
         return EndpointState.PENDING, "Starting the model server."
     return EndpointState.PENDING, "Preparing the versions."

@@ -136,7 +136,7 @@ SETTINGS_SAID = (
 _ENDPOINT_STATUS = {
     "registered_model_name": "iris-demo",
     "state": "ENDPOINT_STATE_READY",
-    "state_message": "The model server is up.",
+    "state_message": "Ready to answer.",
     "settings": {"env_manager": "auto", "workers": 1, "max_batch_size": 2048,
                  "max_batch_delay_ms": 8, "timeout_s": 60,
                  "tags": [{"key": "team", "value": "fraud"}]},
