@@ -47,7 +47,7 @@ from serving import (
 from sklearn.datasets import load_iris
 from sklearn.ensemble import RandomForestClassifier
 
-from modelhost.config import PLATFORM_MAX_BATCH_DELAY_MS, ServeSettings
+from modelhost.config import ServeSettings
 
 API = "/api/2.0/preview/mlflow/endpoints"
 MODEL = "bench-forest"
@@ -119,7 +119,7 @@ def direct_server(model: Path, log: Path) -> Iterator[tuple[str, int]]:
         sys.executable, "-m", "modelhost", "serve", "-m", str(model), "--port", str(port),
         "--workers", "1", "--env-manager", "local",
         "--max-batch-size", str(settings.max_batch_size),
-        "--max-batch-delay-ms", str(PLATFORM_MAX_BATCH_DELAY_MS),
+        "--max-batch-delay-ms", str(settings.max_batch_delay_ms),
     ]  # fmt: skip
     with log.open("wb") as out:
         server = subprocess.Popen(

@@ -11,7 +11,6 @@ import click
 from modelhost import __version__
 from modelhost.auth_cli import permissions, tokens, users
 from modelhost.config import (
-    PLATFORM_MAX_BATCH_DELAY_MS,
     EnvManager,
     ServeSettings,
     UpSettings,
@@ -281,7 +280,7 @@ def up(**options: object) -> None:
     help="Worker processes, each holding every version it is told to.",
 )
 @_max_batch_size()
-@_max_batch_delay_ms(PLATFORM_MAX_BATCH_DELAY_MS)
+@_max_batch_delay_ms()
 @_max_body_mb()
 @_timeout()
 def worker(**options: object) -> None:

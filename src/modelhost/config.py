@@ -20,11 +20,6 @@ class EnvManager(StrEnum):
     UV = "uv"  # always one built for the model with uv
 
 
-# A platform model server's batches wait longer for company: through the gateway, a crowd's
-# requests reach it one by one, spread over about 0.1 ms per client (worker/batching.py).
-PLATFORM_MAX_BATCH_DELAY_MS = 8.0
-
-
 @dataclass(frozen=True)
 class ServeSettings:
     """How a model server serves: one model (`modelhost serve`) or versions of one (platform)."""

@@ -8,7 +8,7 @@ from typing import TypeVar
 import click
 
 from modelhost.api_client import ApiClient, show
-from modelhost.config import PLATFORM_MAX_BATCH_DELAY_MS, EnvManager, ServeSettings
+from modelhost.config import EnvManager, ServeSettings
 
 PREFIX = "/api/2.0/preview/mlflow/endpoints"
 
@@ -61,7 +61,7 @@ def settings_options(command: F) -> F:
             click.option(
                 "--max-batch-delay-ms", type=float, default=None,
                 help="Longest a batch waits for requests that have already arrived.  "
-                f"[default: {PLATFORM_MAX_BATCH_DELAY_MS:g}]",
+                f"[default: {ServeSettings.max_batch_delay_ms:g}]",
             ),
             click.option(
                 "--timeout", "timeout_s", type=float, default=None,

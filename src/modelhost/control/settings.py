@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from modelhost.config import PLATFORM_MAX_BATCH_DELAY_MS, EnvManager, ServeSettings
+from modelhost.config import EnvManager, ServeSettings
 from modelhost.errors import InvalidInput
 
 # Allowed ranges, inclusive (timeout: above its lower bound).
@@ -33,7 +33,7 @@ class Runtime:
 
     workers: int = 1
     max_batch_size: int = ServeSettings.max_batch_size
-    max_batch_delay_ms: float = PLATFORM_MAX_BATCH_DELAY_MS
+    max_batch_delay_ms: float = ServeSettings.max_batch_delay_ms
     timeout_s: float = ServeSettings.timeout_s
 
     def worker_options(self) -> list[str]:

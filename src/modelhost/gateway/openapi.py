@@ -138,7 +138,7 @@ _ENDPOINT_STATUS = {
     "state": "ENDPOINT_STATE_READY",
     "state_message": "Ready to answer.",
     "settings": {"env_manager": "auto", "workers": 1, "max_batch_size": 2048,
-                 "max_batch_delay_ms": 8, "timeout_s": 60,
+                 "max_batch_delay_ms": 2, "timeout_s": 60,
                  "tags": [{"key": "team", "value": "fraud"}]},
 }  # fmt: skip
 ENDPOINT_STATUS = _object(

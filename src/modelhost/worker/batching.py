@@ -4,16 +4,11 @@ When the model is free, the batcher takes every waiting request that can share a
 oldest one (same columns and types, same params, up to the row limit). It waits for more, up to
 the delay limit, only while requests that have arrived are still being read, or while fewer wait
 than the last batch held (those clients are likely on their way back), or, once as many wait,
-while more keep arriving within a few of their average gaps (through a proxy such as the
-gateway, a crowd's requests arrive one by one, not together), so a lone client never waits for
-company. The limit counts from when the last batch's answers are out. A batch whose output is
-not one row per input row, or that fails, is scored again one request at a time, so a bad
-request only ever fails itself.
-
-A model whose calls are quick is called on the event loop itself: no thread switch per batch,
-and requests that arrive meanwhile wait in their sockets for the next one. A model whose calls
-take longer is called on a thread of its own, so the server keeps answering health checks and
-request deadlines while it works.
+while more keep arriving within a few of their average gaps (through a proxy, a crowd's
+requests can arrive one by one, not together; the gateway sends those that reach it together
+as one pack), so a lone client never waits for company. The limit counts from when the last
+batch's answers are out. A batch whose output is not one row per input row, or that fails, is
+scored again one request at a time, so a bad request only ever fails itself.
 """
 
 from __future__ import annotations
