@@ -109,7 +109,7 @@ def test_a_served_model_shows_the_platforms_defaults(client, served):
         "env_manager": "auto",
         "workers": 1,
         "max_batch_size": 2048,
-        "max_batch_delay_ms": 8,
+        "max_batch_delay_ms": 2,
         "timeout_s": UP_TIMEOUT_S,
         "tags": [],
     }
@@ -148,7 +148,7 @@ def test_new_settings_apply_with_no_failed_request(platform, client, served):
     with load:
         eventually(lambda: _answered(load), timeout_s=60)
         load.phase = "settings changing"
-        changed = update(client, workers=2, max_batch_size=4, max_batch_delay_ms=2)
+        changed = update(client, workers=2, max_batch_size=4, max_batch_delay_ms=5)
         assert changed.status_code == 200, changed.text
 
         def old_server_stopped():
@@ -165,14 +165,14 @@ def test_new_settings_apply_with_no_failed_request(platform, client, served):
 
     settings = status(client)["settings"]
     assert (settings["workers"], settings["max_batch_size"], settings["max_batch_delay_ms"]) == (
-        2, 4, 2,
+        2, 4, 5,
     )  # fmt: skip
     # Each step is an event, in order.
     said = events(client)
     steps = [
-        "Settings changed: workers 1 → 2; max_batch_size 2048 → 4; max_batch_delay_ms 8 → 2.",
+        "Settings changed: workers 1 → 2; max_batch_size 2048 → 4; max_batch_delay_ms 2 → 5.",
         "Starting a model server with the new settings (workers 2, max_batch_size 4, "
-        f"max_batch_delay_ms 2, timeout_s {UP_TIMEOUT_S}).",
+        f"max_batch_delay_ms 5, timeout_s {UP_TIMEOUT_S}).",
         "Routes moved to the model server with the new settings.",
         "The old model server stopped: its versions are ready on the new one.",
     ]

@@ -67,7 +67,7 @@ def test_a_model_sets_some_and_the_platform_the_rest():
         "env_manager": "local",
         "workers": 2,
         "max_batch_size": Runtime().max_batch_size,
-        "max_batch_delay_ms": 8,
+        "max_batch_delay_ms": Runtime().max_batch_delay_ms,
         "timeout_s": 30,
         "tags": [{"key": "team", "value": "fraud"}],
     }
