@@ -168,9 +168,9 @@ class Gateway:
         try:
             version, server = self._route(name, ref)
             pool = self._pools.get(server.number) or self._pool(server)
-            headers = scope["headers"]
-            body = await read_body(dict(headers), receive, self.settings.max_body_bytes)
-            content_type = next((v for k, v in headers if k == b"content-type"), b"")
+            received = scope["headers"]
+            body = await read_body(dict(received), receive, self.settings.max_body_bytes)
+            content_type = next((v for k, v in received if k == b"content-type"), b"")
             # The server times out scoring itself; the pool bounds one that answers nothing.
             answer = await pool.score(version, content_type, body, timeout_s)
         except ModelhostError as e:
