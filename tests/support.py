@@ -188,10 +188,15 @@ def wait_answering(process: subprocess.Popen, url: str, what: str, log, stop) ->
 
 
 class Platform:
-    """`modelhost up` in a subprocess with its own home."""
+    """`modelhost up` in a subprocess with its own home.
 
-    def __init__(self, home, *options: str) -> None:
+    `experiment`: as a context, MLflow's client in this process logs to that experiment on the
+    platform until the block ends.
+    """
+
+    def __init__(self, home, *options: str, experiment: str | None = None) -> None:
         self.home = home
+        self.experiment = experiment
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = [sys.executable, "-m", "modelhost", "up", "--home", str(home),
@@ -203,7 +208,11 @@ class Platform:
         self.marker = f"TEST_PLATFORM_MARKER={uuid.uuid4().hex}"
 
     def __enter__(self) -> Platform:
-        return self.start()
+        self.start()
+        if self.experiment is not None:
+            mlflow.set_tracking_uri(self.url)
+            mlflow.set_experiment(self.experiment)
+        return self
 
     def start(self) -> Platform:
         """Start `up` (again, on the same home and port) and wait until it is healthy.
@@ -240,7 +249,11 @@ class Platform:
             return log.read().decode(errors="replace")
 
     def __exit__(self, *_) -> None:
-        self.stop()
+        try:
+            self.stop()
+        finally:
+            if self.experiment is not None:
+                mlflow.set_tracking_uri(None)
 
     def stop(self, group: bool = False) -> None:
         """Ctrl-C, as a user stops it; then check nothing it started is left.
@@ -416,7 +429,11 @@ class Registry:
         return self.start()
 
     def __exit__(self, *_) -> None:
-        self.stop()
+        try:
+            self.stop()
+        finally:
+            if self.experiment is not None:
+                mlflow.set_tracking_uri(None)
 
     def start(self) -> Registry:
         """Start the server and wait until it answers."""

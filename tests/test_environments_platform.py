@@ -46,11 +46,10 @@ PINNED = [f"mlflow=={mlflow.__version__}", f"six=={PINNED_SIX}"]
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory):
-    with Platform(tmp_path_factory.mktemp("environments") / "home") as running:
-        mlflow.set_tracking_uri(running.url)
-        mlflow.set_experiment("environments")
+    with Platform(
+        tmp_path_factory.mktemp("environments") / "home", experiment="environments"
+    ) as running:
         yield running
-    mlflow.set_tracking_uri(None)
 
 
 @pytest.fixture(scope="module")

@@ -45,11 +45,8 @@ def client(platform):
 
 @pytest.fixture
 def platform(tmp_path):
-    with Platform(tmp_path / "home") as running:
-        mlflow.set_tracking_uri(running.url)
-        mlflow.set_experiment("serving")
+    with Platform(tmp_path / "home", experiment="serving") as running:
         yield running
-    mlflow.set_tracking_uri(None)
 
 
 def test_enabled_model_serves_versions_stages_and_aliases_in_sync(client, iris):

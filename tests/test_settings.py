@@ -29,12 +29,9 @@ TOYS = Path(__file__).parent / "toys"
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory, iris):
     home = tmp_path_factory.mktemp("settings") / "home"
-    with Platform(home, "--timeout", str(UP_TIMEOUT_S)) as running:
-        mlflow.set_tracking_uri(running.url)
-        mlflow.set_experiment("settings")
+    with Platform(home, "--timeout", str(UP_TIMEOUT_S), experiment="settings") as running:
         log_iris(iris, NAME)
         yield running
-    mlflow.set_tracking_uri(None)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import mlflow
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -27,15 +26,12 @@ ADMIN_TOKEN = "metrics-admin-token-0123456789abcdefghijk"
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, iris):
     """An open platform serving MODEL version 1."""
-    with Platform(tmp_path_factory.mktemp("metrics") / "home") as platform:
-        mlflow.set_tracking_uri(platform.url)
-        mlflow.set_experiment("metrics")
+    with Platform(tmp_path_factory.mktemp("metrics") / "home", experiment="metrics") as platform:
         assert log_iris(iris, MODEL) == "1"
         enabled = httpx.post(f"{platform.url}{API}/enable", json={"registered_model_name": MODEL})
         assert enabled.status_code == 200, enabled.text
         eventually(lambda: _ready(platform.url), timeout_s=180)
         yield platform
-    mlflow.set_tracking_uri(None)
 
 
 def _ready(url: str) -> None:

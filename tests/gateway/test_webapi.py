@@ -27,9 +27,7 @@ MODEL = "web.iris"
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, iris):
     """An open platform serving MODEL, both versions ready."""
-    with Platform(tmp_path_factory.mktemp("webapi") / "home") as platform:
-        mlflow.set_tracking_uri(platform.url)
-        mlflow.set_experiment("webapi")
+    with Platform(tmp_path_factory.mktemp("webapi") / "home", experiment="webapi") as platform:
         assert log_iris(iris, MODEL) == "1"
         with mlflow.start_run():
             model = LogisticRegression(max_iter=1000).fit(iris, [0, 1, 2] * 50)
@@ -47,7 +45,6 @@ def served(tmp_path_factory, iris):
         assert enabled.status_code == 200, enabled.text
         eventually(lambda: _ready(platform.url), timeout_s=180)
         yield platform
-    mlflow.set_tracking_uri(None)
 
 
 def _versions(url: str) -> list[dict]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import httpx
-import mlflow
 import pytest
 from mlflow import MlflowClient
 from playwright.sync_api import Page, expect
@@ -20,13 +19,10 @@ SERVING = "/api/2.0/preview/mlflow/endpoints"
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory, iris):
     """A platform whose registry has one iris model, aliased `champion`, not served yet."""
-    with Platform(tmp_path_factory.mktemp("page") / "home") as running:
-        mlflow.set_tracking_uri(running.url)
-        mlflow.set_experiment("page")
+    with Platform(tmp_path_factory.mktemp("page") / "home", experiment="page") as running:
         version = log_iris(iris, MODEL)
         MlflowClient().set_registered_model_alias(MODEL, "champion", version)
         yield running
-    mlflow.set_tracking_uri(None)
 
 
 def api(platform: Platform, action: str, **params: str) -> httpx.Response:
