@@ -429,11 +429,7 @@ class Registry:
         return self.start()
 
     def __exit__(self, *_) -> None:
-        try:
-            self.stop()
-        finally:
-            if self.experiment is not None:
-                mlflow.set_tracking_uri(None)
+        self.stop()
 
     def start(self) -> Registry:
         """Start the server and wait until it answers."""
