@@ -10,6 +10,7 @@ import click
 
 from modelhost import __version__
 from modelhost.auth_cli import permissions, tokens, users
+from modelhost.batch_cli import batch
 from modelhost.config import (
     EnvManager,
     ServeSettings,
@@ -291,6 +292,7 @@ def worker(**options: object) -> None:
 
 
 main.add_command(serving)
+main.add_command(batch)
 
 
 @main.command()

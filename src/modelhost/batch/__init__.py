@@ -1,0 +1,1 @@
+"""Offline scoring: a registered model over files too large for a request."""
