@@ -20,8 +20,12 @@ import httpx
 import mlflow
 import pandas as pd
 import pytest
+import sqlalchemy as sa
 from mlflow import MlflowClient
 from support import Platform, eventually, modelhost, signed_in_as
+
+from modelhost.batch.jobs import JobState
+from modelhost.batch.jobs_store import JobStore
 
 JOBS = "/api/2.0/modelhost/batch/jobs"
 ADMIN_TOKEN = "batch-jobs-admin-token-0123456789abcdef"
@@ -312,7 +316,8 @@ def test_the_command_line_submits_waits_lists_and_shows(world):
 
 
 def test_a_job_running_when_modelhost_dies_is_failed_at_restart(world):
-    """Last: `up` is killed with the job running, then started again on the same home."""
+    """Last: `up` is killed with the job running, then started again on the same home; then
+    stopped with another job running."""
     job = world.submit("reader", input="data/slow.csv", output="scores/killed", chunk_rows=1)
     world.running("reader", job["job_id"])
     platform = world.platform
@@ -329,6 +334,15 @@ def test_a_job_running_when_modelhost_dies_is_failed_at_restart(world):
     done = world.job("reader", job["job_id"])
     assert done["state"] == "FAILED" and RESTARTED in done["message"], done
     eventually(lambda: _gone(orphans), timeout_s=30)
+
+    # Stopped as a user stops it, modelhost cancels its running job and leaves no process.
+    last = world.submit("reader", input="data/slow.csv", output="scores/stopped", chunk_rows=1)
+    world.running("reader", last["job_id"])
+    platform.stop()  # and checks that nothing it started is left
+    store = JobStore(sa.create_engine(f"sqlite:///{platform.home / 'state.db'}"))
+    stopped = store.get(last["job_id"])
+    assert stopped is not None and stopped.state is JobState.CANCELLED
+    assert "modelhost stopped" in (stopped.message or "")
 
 
 def _pids_of(marker: str) -> list[int]:

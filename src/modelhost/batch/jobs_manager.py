@@ -32,6 +32,7 @@ from typing import Any
 from mlflow import MlflowClient
 
 from modelhost.batch.jobs import JobState
+from modelhost.batch.jobs_paths import confine_paths
 from modelhost.batch.jobs_store import PROGRESS, JobRecord, JobStore
 from modelhost.control.environments import Environment, prepare
 from modelhost.control.isolation import Isolation
@@ -165,6 +166,8 @@ class JobManager:
             local_path, environment, groups = self._prepare(run, job_log)
             if run.cancelled.is_set():
                 raise Stopping
+            # Checked again: a folder on the way may have become a link since it was submitted.
+            confine_paths(self.batch_root, job.input, job.output)
             scratch = self._scratch(job, groups[0] if groups else None)
             progress = scratch / "progress.json"
             self._make_output(Path(job.output), groups[0] if groups else None)
@@ -315,7 +318,9 @@ def _event(job: JobRecord, what: str, message: str | None = None) -> str:
 def _progress(path: Path, final: bool = False) -> dict[str, Any]:
     """The runner's last progress report (rewritten whole, by rename), as store fields."""
     try:
-        report = json.loads(path.read_text())
+        # Written by model code, read by us: never through a link it may have put there.
+        with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:
+            report = json.loads(f.read(64 * 1024))
     except (OSError, ValueError):
         return {}
     if not isinstance(report, dict):

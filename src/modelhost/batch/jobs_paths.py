@@ -32,7 +32,17 @@ def confine_paths(root: Path, given_input: str, given_output: str) -> JobPaths:
 
     Reads the file system: call it off the event loop.
     """
-    root = root.resolve()
+    try:
+        return _confine(root.resolve(), given_input, given_output)
+    except (OSError, RuntimeError) as e:  # a name too long, a loop of links...
+        said = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise InvalidInput(
+            f"'input' {given_input!r} or 'output' {given_output!r} cannot be used as a path "
+            f"({said}): send a path under the batch folder {root}."
+        ) from None
+
+
+def _confine(root: Path, given_input: str, given_output: str) -> JobPaths:
     output = _inside(root, given_output, "output")
     if output == root:
         raise InvalidInput(
@@ -91,7 +101,7 @@ def confine_paths(root: Path, given_input: str, given_output: str) -> JobPaths:
 
 
 def _absolute(root: Path, given: str) -> Path:
-    path = Path(given).expanduser() if given.startswith("~") else Path(given)
+    path = Path(given)  # `~` is no one's home on the server: a name like any other
     return path if path.is_absolute() else root / path
 
 

@@ -98,7 +98,9 @@ class Jobs:
         except MlflowException as e:
             if e.error_code == "RESOURCE_DOES_NOT_EXIST":
                 raise NotFound(f"The registry has no {ref}: {e.message}") from None
-            raise ModelhostError(f"Could not read {ref} from the registry: {e.message}") from None
+            if e.error_code in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST"):
+                raise InvalidInput(f"The registry refused {ref}: {e.message}") from None
+            raise NotReady(f"Could not read {ref} from the registry: {e.message}") from None
         if found.status not in (None, "READY"):
             raise InvalidInput(
                 f"Version {found.version} of '{ref.name}' is {found.status}: wait until it is "
