@@ -225,6 +225,8 @@ def test_a_bad_request_is_refused_naming_what_to_send(world, body, said):
 def test_unknown_versions_jobs_and_routes(world):
     absent = world.call("reader", "POST", json=_asking(model_uri=f"models:/{MODEL}/9"))
     assert MODEL in _error(absent, 404)
+    no_stage = world.call("reader", "POST", json=_asking(model_uri=f"models:/{MODEL}/Production"))
+    assert "no version of 'batch.sleeper' is in stage Production" in _error(no_stage, 404)
     assert "No batch job" in _error(world.call("reader", "GET", "/0123456789abcdef"), 404)
     assert world.call("reader", "GET", "/0123456789abcdef/cancel").status_code == 405
     assert world.call("reader", "GET", "/a/b/c").status_code == 404

@@ -114,7 +114,8 @@ class Jobs:
         if ref.stage != "latest":
             versions = [v for v in versions if (v.current_stage or "None") == ref.stage]
         if not versions:
-            raise NotFound(f"The registry has no {ref}: no version of '{ref.name}' is there.")
+            where = "yet" if ref.stage == "latest" else f"in stage {ref.stage}"
+            raise NotFound(f"The registry has no {ref}: no version of '{ref.name}' is {where}.")
         return max(versions, key=lambda v: int(v.version))
 
 
