@@ -137,10 +137,10 @@ def _people(world: World) -> None:
 
 
 def _log_sleeper(name: str) -> None:
+    """The toy sleeper model, logged and registered as a new version of `name`."""
     with mlflow.start_run():
         mlflow.pyfunc.log_model(
             name="model", python_model=str(TOYS / "sleeper.py"), registered_model_name=name,
-            input_example=pd.DataFrame({"x": [1], "seconds": [0.0]}),
             pip_requirements=["mlflow", "pandas"],
         )  # fmt: skip
 
