@@ -167,7 +167,7 @@ def _error(answer: httpx.Response, status: int) -> str:
 
 def test_a_job_scores_the_version_its_alias_named_at_submit(world):
     job = world.submit("reader", model_uri=f"models:/{MODEL}@champion", input="data/fast.csv",
-                       output="scores/fast", chunk_rows=4)  # fmt: skip
+                       output="scores/fast", chunk_rows=4, output_format="csv")  # fmt: skip
     assert job["version"] == "1" and job["state"] in ("PENDING", "RUNNING")
     assert job["submitter"] == "reader" and job["output"] == str(world.root / "scores/fast")
     done = world.ended("reader", job["job_id"])

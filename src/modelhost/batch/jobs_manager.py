@@ -304,6 +304,9 @@ class JobManager:
     def _end(self, run: _Run, state: JobState, message: str | None, report: dict) -> None:
         job = run.job
         fields = {k: v for k, v in report.items() if k in PROGRESS and k != "message"}
+        if state is JobState.SUCCEEDED and fields.get("rows_total") is None:
+            # A runner that streams its input learns the total only once it is done.
+            fields["rows_total"] = fields.get("rows_done")
         if self.store.finish(job.id, state, message, pid=None, **fields):
             what = {JobState.SUCCEEDED: "succeeded", JobState.FAILED: "failed",
                     JobState.CANCELLED: "was cancelled"}[state]  # fmt: skip
