@@ -247,6 +247,15 @@ def serve(**options: object) -> None:
     type=click.IntRange(min=1),
     help="Registry requests one client address may have in flight at once; more get 429.",
 )
+@click.option(
+    "--batch-root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    envvar="MODELHOST_BATCH_ROOT",
+    show_default="<home>/batch",
+    help="The folder batch jobs read their input from and write their output to; paths jobs "
+    "name are taken under it and may not leave it.",
+)
 def up(**options: object) -> None:
     """Run modelhost: the MLflow registry and the gateway in front of it, on one port."""
     from modelhost.preflight import SetupError, preflight

@@ -80,6 +80,11 @@ class UpSettings:
     model_user: str = "modelhost-model"  # as root, model code runs as this unprivileged user
     default_experiment_permission: str = "READ"  # on experiments no grant names, as MLflow's
     max_artifact_mb: float = 1024.0  # the largest artifact file one upload may write
+    batch_root: Path | None = None  # batch jobs read and write only here; None: <home>/batch
+
+    @property
+    def batch_folder(self) -> Path:
+        return (self.batch_root or self.home / "batch").resolve()
 
     @property
     def max_artifact_bytes(self) -> int:

@@ -12,6 +12,10 @@ import uvicorn
 import uvloop
 
 from modelhost.auth.setup import protect
+from modelhost.batch.jobs_api import JobsAPI
+from modelhost.batch.jobs_manager import RUNNER, JobManager
+from modelhost.batch.jobs_service import Jobs
+from modelhost.batch.jobs_store import JobStore
 from modelhost.config import UpSettings
 from modelhost.control.controller import Controller
 from modelhost.control.isolation import Isolation
@@ -78,7 +82,15 @@ def _run(
         control = ServingControl(
             store, registry_url, controller.defaults, board, controller.nudge, controller.log_path
         )
-        gateway = Gateway(settings, registry_url, control, embedded.secret if embedded else None)
+        jobs = JobManager(
+            JobStore(store.engine), settings.home, settings.batch_folder, registry_url,
+            isolation, controller.events.record, _batch_runner(),
+        )  # fmt: skip
+        jobs.open()  # jobs a previous run left running end FAILED, saying why
+        jobs_api = JobsAPI(Jobs(jobs.store, jobs, registry_url, settings.batch_folder))
+        gateway = Gateway(
+            settings, registry_url, control, embedded.secret if embedded else None, jobs_api
+        )
         limits = ClientLimits(
             header_timeout_s=settings.header_timeout_s, body_timeout_s=settings.body_timeout_s
         )
@@ -95,15 +107,17 @@ def _run(
         )
         log.info("modelhost is up on %s; point MLflow at it: MLFLOW_TRACKING_URI=%s", url, url)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(_serve(uvicorn.Server(config), controller, listener))
+            runner.run(_serve(uvicorn.Server(config), controller, jobs, listener))
     finally:
         if embedded:
             embedded.stop()
 
 
-async def _serve(server: uvicorn.Server, controller: Controller, listener: socket.socket) -> None:
+async def _serve(
+    server: uvicorn.Server, controller: Controller, jobs: JobManager, listener: socket.socket
+) -> None:
     """The gateway and the controller on one event loop, until Ctrl-C or SIGTERM; then the
-    gateway stops first (answering what it holds), then the model servers."""
+    gateway stops first (answering what it holds), then batch jobs, then the model servers."""
     controlling = asyncio.create_task(controller.run(), name="controller")
     # The server catches the signal, shuts down, then raises it again for whoever set the
     # handlers before it: here, nobody needs to hear it again, only to stop what runs.
@@ -113,9 +127,16 @@ async def _serve(server: uvicorn.Server, controller: Controller, listener: socke
     finally:
         controlling.cancel()
         await asyncio.gather(controlling, return_exceptions=True)
+        await asyncio.to_thread(jobs.stop)  # before the controller's event log closes
         await controller.stop()
         for sig, handler in before.items():
             signal.signal(sig, handler)
+
+
+def _batch_runner() -> tuple[str, ...]:
+    """What batch jobs run: `modelhost batch run`, or a stand-in the tests name (a script)."""
+    stand_in = os.environ.get("MODELHOST_BATCH_TEST_RUNNER")
+    return (stand_in,) if stand_in else RUNNER
 
 
 def _serve_demo(registry_url: str, store: StateStore, url: str, signing_in: bool) -> None:

@@ -30,8 +30,10 @@ from modelhost.auth.limits import FailureLimiter, retry_after
 from modelhost.auth.origin import CROSS_SITE, changes, cross_site, same_origin
 from modelhost.auth.policy import (
     ADMIN_ONLY,
+    CALLER,
     EXPERIMENT,
     SCORING,
+    Caller,
     Level,
     Rule,
     check_model_name,
@@ -41,6 +43,7 @@ from modelhost.auth.policy import (
 from modelhost.auth.search import entry_name
 from modelhost.auth.sessions import Sessions, session_id
 from modelhost.auth.store import Principal
+from modelhost.batch.jobs_api import JOBS_PATH
 from modelhost.control.store import StateStore
 from modelhost.errors import (
     InvalidInput,
@@ -133,6 +136,12 @@ class Auth:
                 await self.app(scope, receive, send)  # the gateway answers 405, doing nothing
             else:
                 await self._guarded(about, principal, scope, receive, send)
+        elif path.startswith(JOBS_PATH):
+            # A job's model is known once it is found: the jobs API checks with the caller's
+            # levels (auth/policy.py JOB_*).
+            level_on = lambda name: self.access.level(principal, name)  # noqa: E731
+            scope[CALLER] = Caller(principal.name, principal.admin, level_on)
+            await self.app(scope, receive, send)
         elif path.startswith(MODELHOST_ROOT):
             await self.api(scope, receive, send, principal)
         elif (action := serving_action(path)) is not None:

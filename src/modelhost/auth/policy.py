@@ -11,7 +11,7 @@ What these tables do not name under MLflow's API roots is for admins, who may do
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -249,3 +249,26 @@ SERVING_OTHER = Rule("Changing serving of", Level.MANAGE, _SERVED)
 
 def serving_rule(method: str, action: str) -> Rule:
     return SERVING.get((method, action), SERVING_OTHER)
+
+
+# Batch jobs (/api/2.0/modelhost/batch/jobs...): a job's model is known only once the job is
+# found by its id, so the gateway (batch/jobs_service.py) checks these itself, with what the
+# signed-in caller may do (`CALLER` in the request's scope). A job on a model the caller may
+# not read is not found (404), so it reveals nothing.
+JOB_SUBMIT = Level.READ  # on the registered model the job scores
+JOB_READ = Level.READ  # to see a job: `list` shows only these
+JOB_CANCEL = Level.EDIT  # to cancel another's job; whoever submitted it may cancel it with READ
+CALLER = "modelhost.caller"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who signed in, and what they may do on registered models."""
+
+    name: str
+    admin: bool
+    level_on: Callable[[str], Level | None]  # a registered model's name -> their level
+
+    def may(self, name: str, needed: Level) -> bool:
+        found = self.level_on(name)
+        return found is not None and found >= needed

@@ -248,51 +248,68 @@ class Preparer:
         return local_path, environment
 
     def _fetch(self, name: str, version: str, identity: str, version_log: VersionLog) -> Path:
-        """The version's model folder under the home, fetched unless it already is.
+        return fetch_version(
+            self.models, self.registry, self.registry_url, self.isolation,
+            name, version, identity, version_log,
+        )  # fmt: skip
 
-        The model's folder (all its versions) is the gate its servers' group passes through.
-        """
-        gate = self.models / hashlib.sha1(name.encode()).hexdigest()[:12]
-        folder = gate / version
-        gate.mkdir(parents=True, exist_ok=True)
-        self.isolation.open_gate(gate, self.isolation.group(f"model:{name}"))
-        fetched = _fetched(folder, identity)
-        if fetched is not None:
-            version_log(f"Using the artifacts of version {version} fetched before, in {folder}.")
-            return fetched
-        version_log(f"Fetching the artifacts of version {version} into {folder}.")
-        partial = folder.with_name(f".{version}-{secrets.token_hex(4)}")
-        try:
-            # Resolved with our client: `models:/` URIs would be looked up in the process-wide
-            # registry, which is not necessarily the one this platform serves.
-            source = self.registry.get_model_version_download_uri(name, version)
-            try:
-                downloaded = mlflow.artifacts.download_artifacts(
-                    artifact_uri=source, dst_path=str(partial), tracking_uri=self.registry_url
-                )
-            except Exception as e:
-                raise FetchFailed(
-                    f"Could not fetch the model of version {version} from {source}: "
-                    f"{type(e).__name__}: {e} A version's source must be an MLflow model: a "
-                    "folder with an MLmodel file."
-                ) from e
-            model = Path(downloaded).resolve().relative_to(partial.resolve())
-            record = {"identity": identity, "model": str(model)}
-            (partial / FETCHED).write_text(json.dumps(record))
-            if self.isolation.enabled:
-                open_tree(partial)  # read-only to the model's servers, behind its gate
-            if folder.exists() and _fetched(folder, identity) is None:
-                shutil.rmtree(folder)  # half-fetched, or another model's that had this name
-            try:
-                os.replace(partial, folder)
-            except OSError:  # another preparation of this version fetched it meanwhile
-                if _fetched(folder, identity) is None:
-                    raise
-        finally:
-            shutil.rmtree(partial, ignore_errors=True)
-        fetched = _fetched(folder, identity)
-        assert fetched is not None, "fetched just now"
+
+def fetch_version(
+    models: Path,
+    registry: MlflowClient,
+    registry_url: str,
+    isolation: Isolation,
+    name: str,
+    version: str,
+    identity: str,
+    version_log: Callable[[str], None],
+) -> Path:
+    """The version's model folder under `models`, fetched unless it already is.
+
+    The model's folder (all its versions) is the gate its servers' group passes through.
+    Batch jobs (batch/jobs_manager.py) fetch their version here too.
+    """
+    gate = models / hashlib.sha1(name.encode()).hexdigest()[:12]
+    folder = gate / version
+    gate.mkdir(parents=True, exist_ok=True)
+    isolation.open_gate(gate, isolation.group(f"model:{name}"))
+    fetched = _fetched(folder, identity)
+    if fetched is not None:
+        version_log(f"Using the artifacts of version {version} fetched before, in {folder}.")
         return fetched
+    version_log(f"Fetching the artifacts of version {version} into {folder}.")
+    partial = folder.with_name(f".{version}-{secrets.token_hex(4)}")
+    try:
+        # Resolved with our client: `models:/` URIs would be looked up in the process-wide
+        # registry, which is not necessarily the one this platform serves.
+        source = registry.get_model_version_download_uri(name, version)
+        try:
+            downloaded = mlflow.artifacts.download_artifacts(
+                artifact_uri=source, dst_path=str(partial), tracking_uri=registry_url
+            )
+        except Exception as e:
+            raise FetchFailed(
+                f"Could not fetch the model of version {version} from {source}: "
+                f"{type(e).__name__}: {e} A version's source must be an MLflow model: a "
+                "folder with an MLmodel file."
+            ) from e
+        model = Path(downloaded).resolve().relative_to(partial.resolve())
+        record = {"identity": identity, "model": str(model)}
+        (partial / FETCHED).write_text(json.dumps(record))
+        if isolation.enabled:
+            open_tree(partial)  # read-only to the model's servers, behind its gate
+        if folder.exists() and _fetched(folder, identity) is None:
+            shutil.rmtree(folder)  # half-fetched, or another model's that had this name
+        try:
+            os.replace(partial, folder)
+        except OSError:  # another preparation of this version fetched it meanwhile
+            if _fetched(folder, identity) is None:
+                raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    fetched = _fetched(folder, identity)
+    assert fetched is not None, "fetched just now"
+    return fetched
 
 
 def retry_delay(failures: int) -> int:

@@ -12,6 +12,7 @@ import orjson
 
 from modelhost.asgi import Receive, Scope, Send, read_body, refuse_method, respond
 from modelhost.auth.origin import CROSS_SITE, changes, cross_site
+from modelhost.batch.jobs_api import JOBS_PATH, JobsAPI
 from modelhost.config import UpSettings
 from modelhost.control.routes import ServerAddress, VersionState
 from modelhost.control.serving import ServingControl
@@ -57,12 +58,14 @@ class Gateway:
         registry_url: str,
         control: ServingControl,
         registry_secret: str | None = None,  # the embedded registry's, sent in place of callers'
+        batch_jobs: JobsAPI | None = None,  # None: this gateway runs no batch jobs
     ) -> None:
         self.settings = settings
         self.registry_url = registry_url
         self.registry_secret = registry_secret
         self.control = control
         self.serving_api = ServingAPI(control)
+        self.batch_jobs = batch_jobs
         self._registry: Upstream | None = None
         self._pools: dict[int, ConnectionPool] = {}  # by model server (its number)
         self.metrics = GatewayMetrics(served=lambda name: name in control.routes.models)
@@ -122,6 +125,8 @@ class Gateway:
                 await respond(send, refused.status, refused.body())
                 return
             await self._registry.forward(scope, receive, send)
+        elif path.startswith(JOBS_PATH) and self.batch_jobs is not None:
+            await self.batch_jobs(scope, receive, send)
         elif path.startswith(MODELHOST_ROOT):
             await self.page_api(scope, receive, send)
         elif mlflow_ui_file(path) and scope["method"] not in ("GET", "HEAD"):

@@ -217,6 +217,97 @@ SERIES_POINT_EXAMPLE = {"t": 1767225600, "requests_per_s": 2.4, "p50_ms": 3.1, "
 _SCORING_EXAMPLE = {"dataframe_split": {"columns": FEATURES, "data": [[5.1, 3.5, 1.4, 0.2]]}}
 
 
+BATCH_JOBS = "/api/2.0/modelhost/batch/jobs"
+_INT_OR_NULL = {"type": ["integer", "null"]}
+_TEXT_OR_NULL = {"type": ["string", "null"]}
+_FORMAT = {"enum": ["parquet", "csv", "jsonl"]}
+JOB_OPTIONS = {
+    "engine": {"enum": ["local", "spark"]},
+    "workers": {"type": "integer", "minimum": 1, "maximum": 64},
+    "chunk_rows": {"type": "integer", "minimum": 1, "maximum": 10_000_000},
+    "input_format": _FORMAT,
+    "output_format": _FORMAT,
+    "error_threshold": {"type": "integer", "minimum": -1},
+    "env_manager": ENV_MANAGER,
+}
+MODEL_URI_SAID = "models:/NAME/VERSION, models:/NAME/STAGE or models:/NAME@ALIAS"
+JOB_REQUEST = {
+    **_object(
+        {
+            "model_uri": {**NAME, "description": MODEL_URI_SAID},
+            "registered_model_name": NAME,
+            "version": NAME,
+            "alias": NAME,
+            "stage": NAME,
+            "input": {**NAME, "description": "A file, folder or glob under the batch folder"},
+            "output": {**NAME, "description": "A folder under the batch folder"},
+            **JOB_OPTIONS,
+        },
+        "input",
+        "output",
+    ),
+    "additionalProperties": False,
+}
+JOB_SAID = (
+    "Name the model by `model_uri` (`models:/NAME/VERSION`, `models:/NAME/STAGE`, "
+    "`models:/NAME@ALIAS`), or by `registered_model_name` with exactly one of `version`, `alias` "
+    "or `stage`; an alias or stage is resolved now, and the job scores that version even if it "
+    "moves. `input` (a file, a folder or a glob) and `output` (a folder) are paths on the "
+    "server under its batch folder (`modelhost up --batch-root`); relative ones are taken under "
+    "it, and neither may leave it once links and `..` are resolved. Submitting again with the "
+    "same output resumes from the parts already written. The job runs in processes of its own, "
+    "as model servers do; it is `PENDING` while its model is fetched and its environment "
+    "prepared, then `RUNNING`, then `SUCCEEDED`, `FAILED` or `CANCELLED`. A job that was "
+    "running when modelhost stopped is `FAILED`, saying so."
+)
+JOB = _object(
+    {
+        "job_id": TEXT,
+        "registered_model_name": TEXT,
+        "version": TEXT,
+        "model_uri": TEXT,
+        "requested_model_uri": TEXT,
+        "input": TEXT,
+        "output": TEXT,
+        "options": {"type": "object", "properties": JOB_OPTIONS},
+        "state": {"enum": ["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"]},
+        "rows_done": {"type": "integer"},
+        "rows_total": _INT_OR_NULL,
+        "rows_failed": {"type": "integer"},
+        "rows_per_s": {"type": "number"},
+        "message": _TEXT_OR_NULL,
+        "errors_file": _TEXT_OR_NULL,
+        "submitter": _TEXT_OR_NULL,
+        "created_at": {"type": "integer"},
+        "started_at": _INT_OR_NULL,
+        "finished_at": _INT_OR_NULL,
+    },
+    "job_id",
+    "registered_model_name",
+    "version",
+    "state",
+    "rows_done",
+    "rows_failed",
+)
+JOB_EXAMPLE = {"model_uri": "models:/iris-demo@champion", "input": "in/iris.parquet",
+               "output": "out/iris-scored", "chunk_rows": 50000}  # fmt: skip
+JOB_ANSWER_EXAMPLE = {
+    "job_id": "3f2a9c1d5e7b8a60", "registered_model_name": "iris-demo", "version": "1",
+    "model_uri": "models:/iris-demo/1", "requested_model_uri": "models:/iris-demo@champion",
+    "input": "/srv/batch/in/iris.parquet", "output": "/srv/batch/out/iris-scored",
+    "options": {"engine": "local", "chunk_rows": 50000, "error_threshold": 0,
+                "env_manager": "auto"},
+    "state": "RUNNING", "rows_done": 150000, "rows_total": 1000000, "rows_failed": 0,
+    "rows_per_s": 61234.5, "message": None, "errors_file": None, "submitter": "alice",
+    "created_at": 1767225600000, "started_at": 1767225602000, "finished_at": None,
+}  # fmt: skip
+JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": NAME,
+          "example": "3f2a9c1d5e7b8a60"}  # fmt: skip
+JOB_NOT_FOUND = (
+    "No such job, or (with auth on) one on a model the caller may not read: the same answer."
+)
+
+
 def _serving_change(summary: str, fields: dict[str, Any], example: dict[str, Any]) -> dict:
     """A POST of the serving API: a registered model's name, and maybe its settings."""
     schema = _object({"registered_model_name": NAME, **fields}, "registered_model_name")
@@ -694,6 +785,69 @@ _PATHS: dict[str, Any] = {
                 {
                     400: "No `registered_model_name` in the query, or more than one.",
                     403: NO_GRANT.format(level="READ"),
+                },
+            ),
+        }
+    },
+    BATCH_JOBS: {
+        "post": {
+            "tags": ["Batch"],
+            "summary": "Start a batch job: score files under the batch folder with a registered "
+            "model version",
+            "description": JOB_SAID,
+            "requestBody": _body(JOB_REQUEST, JOB_EXAMPLE),
+            "responses": _answers(
+                _json({"job": JOB_ANSWER_EXAMPLE}, _object({"job": JOB}, "job")),
+                (400, 403, 404, 413, 503),
+                {
+                    400: "A field is missing or wrong, or a path leaves the batch folder; the "
+                    "message names the field and says what to send.",
+                    403: NO_GRANT.format(level="READ"),
+                    404: "The registry has no such version, alias or stage of the model.",
+                    503: "modelhost is stopping: submit again once it is up.",
+                },
+            ),
+        },
+        "get": {
+            "tags": ["Batch"],
+            "summary": "The batch jobs on models the caller may read, newest first",
+            "parameters": [
+                _query("registered_model_name", "Only the jobs on this registered model.")
+            ],
+            "responses": _answers(
+                _json({"jobs": [JOB_ANSWER_EXAMPLE]}, _list_of("jobs", JOB)),
+                (400,),
+                {400: "An unknown query parameter, or `registered_model_name` more than once."},
+            ),
+        },
+    },
+    f"{BATCH_JOBS}/{{job_id}}": {
+        "get": {
+            "tags": ["Batch"],
+            "summary": "One batch job: its state, rows done and total, rows/s and errors",
+            "parameters": [JOB_ID],
+            "responses": _answers(
+                _json({"job": JOB_ANSWER_EXAMPLE}, _object({"job": JOB}, "job")),
+                (400, 404),
+                {404: JOB_NOT_FOUND},
+            ),
+        }
+    },
+    f"{BATCH_JOBS}/{{job_id}}/cancel": {
+        "post": {
+            "tags": ["Batch"],
+            "summary": "Cancel a batch job: SIGTERM to its processes, SIGKILL after a grace period",
+            "description": "Answers once the job has ended (CANCELLED), or after a few seconds "
+            "with it still ending. A job that has ended already is answered as it is. Its "
+            "submitter may cancel it, and anyone with EDIT on its model.",
+            "parameters": [JOB_ID],
+            "responses": _answers(
+                _json({"job": JOB_ANSWER_EXAMPLE}, _object({"job": JOB}, "job")),
+                (400, 403, 404),
+                {
+                    403: "Only with auth on: the caller neither submitted the job nor has EDIT "
+                    "on its model.",
+                    404: JOB_NOT_FOUND,
                 },
             ),
         }

@@ -54,6 +54,7 @@ export const modelhost = {
   permission: (name) => get(MODELHOST + "models/permission", named(name)),
   example: (name, version) => get(MODELHOST + "models/example", named(name, { version })),
   series: (name) => get(MODELHOST + "metrics/series", named(name)),
+  jobs: (name) => get(MODELHOST + "batch/jobs", named(name)),
 };
 
 export function searchModels(text, pageToken, maxResults = 25) {

@@ -2,6 +2,7 @@
 import { getModel, modelhost, serving } from "./api.js";
 import { h, replace, tabs } from "./dom.js";
 import { eventTable } from "./events.js";
+import { jobsTab } from "./jobs.js";
 import { plots } from "./plots.js";
 import { requestBox } from "./request.js";
 import { settingsForm } from "./settings.js";
@@ -22,6 +23,7 @@ export function showModel(main, name, session) {
   let stopped = false;
   let parts = null; // built once serving is on: the request box and the tabs
   let wasServed = null;
+  const jobs = jobsTab(); // a tab while serving is on; below the notice while it is off
 
   replace(main,
     h("nav", { class: "crumbs", "aria-label": "Breadcrumbs" }, h("a", { href: "/" }, "Models"), " / ", name),
@@ -62,6 +64,7 @@ export function showModel(main, name, session) {
       { id: "versions", label: "Model Versions", panel: versions.el },
       { id: "events", label: "Model Events", panel: events },
       { id: "metrics", label: "Metrics", panel: metrics.el },
+      { id: "jobs", label: "Batch Jobs", panel: jobs.el },
     ];
     let settings = null;
     if (may("MANAGE")) {
@@ -88,21 +91,32 @@ export function showModel(main, name, session) {
       wasServed = served;
       showControls(served);
       parts = served ? build() : null;
-      if (!served) replace(body, h("p", { class: "card muted" }, "Serving is off for this model.", may("MANAGE") ? " Enable Serving starts its model server and serves every version that is not archived." : ""));
+      if (!served) {
+        replace(body, h("p", { class: "card muted" }, "Serving is off for this model.", may("MANAGE") ? " Enable Serving starts its model server and serves every version that is not archived." : ""),
+          h("section", { class: "card", "aria-label": "Batch Jobs" }, h("h2", {}, "Batch Jobs"), jobs.el));
+      }
     }
-    if (!served) return replace(status, h("strong", {}, "Off"));
+    if (!served) {
+      replace(status, h("strong", {}, "Off"));
+      return showJobs();
+    }
     replace(status, stateBadge(endpoint.state), " ", h("span", { class: "message" }, endpoint.state_message || ""));
     const tab = parts.tab();
     const [listed] = await Promise.all([
       serving.versions(name).catch((error) => ({ error })),
       tab === "events" ? showEvents(parts.events) : null,
       tab === "metrics" ? modelhost.series(name).then((s) => parts.metrics.update(s), (e) => parts.metrics.failed(e)) : null,
+      tab === "jobs" ? showJobs() : null,
     ]);
     if (!listed.error) {
       parts.request.versions(listed.endpoint_versions || []);
       parts.versions.update(listed.endpoint_versions || []);
     }
     parts.settings?.update(endpoint.settings || {});
+  }
+
+  function showJobs() {
+    return modelhost.jobs(name).then((found) => jobs.update(found.jobs || []), (error) => jobs.failed(error));
   }
 
   async function showEvents(el) {
