@@ -256,6 +256,14 @@ def serve(**options: object) -> None:
     help="The folder batch jobs read their input from and write their output to; paths jobs "
     "name are taken under it and may not leave it.",
 )
+@click.option(
+    "--batch-jobs",
+    default=UpSettings.batch_jobs,
+    show_default=True,
+    envvar="MODELHOST_BATCH_JOBS",
+    type=click.IntRange(min=1),
+    help="Batch jobs that run at once; jobs submitted past it wait, PENDING, in turn.",
+)
 def up(**options: object) -> None:
     """Run modelhost: the MLflow registry and the gateway in front of it, on one port."""
     from modelhost.preflight import SetupError, preflight

@@ -81,6 +81,7 @@ class UpSettings:
     default_experiment_permission: str = "READ"  # on experiments no grant names, as MLflow's
     max_artifact_mb: float = 1024.0  # the largest artifact file one upload may write
     batch_root: Path | None = None  # batch jobs read and write only here; None: <home>/batch
+    batch_jobs: int = 2  # batch jobs running at once; more wait, PENDING
 
     @property
     def batch_folder(self) -> Path:

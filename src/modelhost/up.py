@@ -84,7 +84,7 @@ def _run(
         )
         jobs = JobManager(
             JobStore(store.engine), settings.home, settings.batch_folder, registry_url,
-            isolation, controller.events.record, _batch_runner(),
+            isolation, controller.events.record, _batch_runner(), settings.batch_jobs,
         )  # fmt: skip
         jobs.open()  # jobs a previous run left running end FAILED, saying why
         jobs_api = JobsAPI(Jobs(jobs.store, jobs, registry_url, settings.batch_folder))

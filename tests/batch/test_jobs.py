@@ -298,6 +298,24 @@ def test_cancel_stops_the_jobs_process_group(world):
     assert again.status_code == 200 and again.json()["job"]["state"] == "CANCELLED"
 
 
+def test_jobs_past_the_limit_wait_their_turn(world):
+    # `up` runs two jobs at once by default (--batch-jobs); a third waits, PENDING, saying why.
+    jobs = [
+        world.submit("editor", input="data/slow.csv", output=f"scores/turn-{n}", chunk_rows=1)
+        for n in range(3)
+    ]
+    first, second, third = (job["job_id"] for job in jobs)
+    world.running("editor", first)
+    world.running("editor", second)
+    waiting = world.job("editor", third)
+    assert waiting["state"] == "PENDING" and "--batch-jobs" in waiting["message"]
+    assert world.call("editor", "POST", f"/{first}/cancel").status_code == 200
+    world.running("editor", third)  # its turn came when the first ended
+    for job_id in (second, third):
+        assert world.call("editor", "POST", f"/{job_id}/cancel").status_code == 200
+        assert world.ended("editor", job_id, timeout_s=60)["state"] == "CANCELLED"
+
+
 def test_the_command_line_submits_waits_lists_and_shows(world):
     submitted = world.cli("reader", "submit", MODEL, "--version", "1", "--input",
                           "data/fast.csv", "--output", "scores/cli", "--chunk-rows", "5",

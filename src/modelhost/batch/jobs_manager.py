@@ -86,6 +86,7 @@ class JobManager:
         isolation: Isolation,
         record: Record,
         runner: Sequence[str] = RUNNER,
+        running_at_once: int = 2,
         grace_s: float = CANCEL_GRACE_S,
     ) -> None:
         self.store = store
@@ -96,6 +97,8 @@ class JobManager:
         self.record = record
         self.runner = list(runner)
         self.grace_s = grace_s
+        self.running_at_once = running_at_once
+        self._slots = threading.BoundedSemaphore(running_at_once)
         self.logs = self.home / "logs" / "batch"
         self._runs: dict[str, _Run] = {}
         self._lock = threading.Lock()
@@ -162,7 +165,9 @@ class JobManager:
         job = run.job
         job_log = self.logs / f"{job.id}.log"
         scratch: Path | None = None
+        slot = False
         try:
+            slot = self._take_slot(run)
             local_path, environment, groups = self._prepare(run, job_log)
             if run.cancelled.is_set():
                 raise Stopping
@@ -185,8 +190,22 @@ class JobManager:
                 stop_group(run.process, 0)
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)
+            if slot:
+                self._slots.release()
             with self._lock:
                 self._runs.pop(job.id, None)
+
+    def _take_slot(self, run: _Run) -> bool:
+        """Waits, PENDING, while `running_at_once` jobs run; raises Stopping if cancelled."""
+        if self._slots.acquire(blocking=False):
+            return True
+        waiting = f"Waiting: {self.running_at_once} batch job(s) are running (--batch-jobs)."
+        self.store.update(run.job.id, message=waiting)
+        while not self._slots.acquire(timeout=WATCH_INTERVAL_S):
+            if run.cancelled.is_set():
+                raise Stopping
+        self.store.update(run.job.id, message=None)
+        return True
 
     def _prepare(self, run: _Run, job_log: Path) -> tuple[Path, Environment, list[int]]:
         """The version fetched and its environment ready; the groups the job runs in."""
