@@ -37,6 +37,27 @@ def transition(registry: MlflowClient, name: str, version: str, stage: str) -> N
         registry.transition_model_version_stage(name, version, stage)
 
 
+@pytest.fixture(scope="module")
+def shared_platform(tmp_path_factory):
+    """One platform for the module: each test registers models of names of its own."""
+    with Platform(tmp_path_factory.mktemp("serving") / "home", experiment="serving") as running:
+        yield running
+
+
+@pytest.fixture
+def platform(shared_platform):
+    """The shared platform with MLflow's client on it; serving off for all once a test ends,
+    so the next starts with no model served."""
+    mlflow.set_tracking_uri(shared_platform.url)  # a test's own platform may have moved it
+    mlflow.set_experiment("serving")
+    yield shared_platform
+    with httpx.Client(base_url=shared_platform.url, timeout=30) as client:
+        for endpoint in client.get(f"{API}/list").json()["endpoints"]:
+            name = endpoint["registered_model_name"]
+            disabled = client.post(f"{API}/disable", json={"registered_model_name": name})
+            assert disabled.status_code == 200, disabled.text
+
+
 @pytest.fixture
 def client(platform):
     with httpx.Client(base_url=platform.url, timeout=30) as client:
@@ -44,9 +65,79 @@ def client(platform):
 
 
 @pytest.fixture
-def platform(tmp_path):
+def own_platform(tmp_path):
+    """A platform of the test's own, for a test that kills its registry."""
     with Platform(tmp_path / "home", experiment="serving") as running:
         yield running
+
+
+@pytest.fixture
+def own_client(own_platform):
+    with httpx.Client(base_url=own_platform.url, timeout=30) as client:
+        yield client
+
+
+def test_a_failed_version_and_a_dead_model_server_leave_the_rest_serving(
+    own_platform, own_client, iris
+):
+    # Its own platform: the registry it kills is not started again. It comes first in the
+    # module, so it runs before the shared platform starts, not beside it.
+    platform, client = own_platform, own_client
+    name = "resilient"
+    register(iris, name, 1.0)
+    with mlflow.start_run() as run:
+        pass  # a run with no model in it: the version below cannot load
+    MlflowClient().create_model_version(name, f"runs:/{run.info.run_id}/missing", run.info.run_id)
+    client.post(f"{API}/enable", json={"registered_model_name": name})
+
+    def one_ready_one_failed():
+        shown = client.get(f"{API}/list-versions", params={"registered_model_name": name}).json()
+        states = {v["endpoint_version_name"]: v for v in shown["endpoint_versions"]}
+        assert states.get("1", {}).get("state") == "VERSION_STATE_READY", states
+        assert states.get("2", {}).get("state") == "VERSION_STATE_FAILED", states
+        return states["2"]["state_message"]
+
+    assert "MLmodel" in eventually(one_ready_one_failed)
+    assert client.post(f"/model/{name}/1/invocations", json=ONE_ROW).status_code == 200
+    refused = client.post(f"/model/{name}/2/invocations", json=ONE_ROW)
+    assert refused.status_code == 503
+    events = client.get(f"{API}/events", params={"registered_model_name": name}).json()["events"]
+    assert any(e["message"].startswith("Version 2 failed") for e in events)
+    logs = client.get(
+        f"{API}/logs", params={"registered_model_name": name, "endpoint_version_name": "2"}
+    ).json()["logs"]
+    assert "Version 2 failed to load" in logs and "Traceback" in logs
+    assert "version 1" not in logs.lower()
+    logs_of_1 = client.get(
+        f"{API}/logs", params={"registered_model_name": name, "endpoint_version_name": "1"}
+    ).json()["logs"]
+    assert "Loading version 1" in logs_of_1 and "Version 1 is ready" in logs_of_1
+    assert "Version 2" not in logs_of_1 and "Traceback" not in logs_of_1
+
+    worker = subprocess.run(
+        ["pgrep", "-P", str(platform.process.pid), "-f", "modelhost worker"],
+        capture_output=True, text=True,
+    ).stdout.split()  # fmt: skip
+    assert len(worker) == 1
+    for pid in worker:
+        os.kill(int(pid), signal.SIGKILL)
+    down = client.post(f"/model/{name}/1/invocations", json=ONE_ROW)
+    assert down.status_code == 503  # never a hang
+    assert down.headers["retry-after"]
+    eventually(lambda: _served(client, name, "1"))
+    events = client.get(f"{API}/events", params={"registered_model_name": name}).json()["events"]
+    assert any("exited with code -9; restarting" in e["message"] for e in events)
+
+    # With the registry gone, its server and workers, the routes the controller has keep serving.
+    registry = subprocess.run(
+        ["pgrep", "-f", f"mlflow server.*{platform.home}"], capture_output=True, text=True
+    ).stdout.split()
+    assert len(registry) == 1, "the embedded registry is not running"
+    os.killpg(int(registry[0]), signal.SIGKILL)
+    assert httpx.get(f"{platform.url}/health").status_code == 503
+    for _ in range(15):  # over several reconcile ticks
+        assert client.post(f"/model/{name}/1/invocations", json=ONE_ROW).status_code == 200
+        time.sleep(0.2)
 
 
 def test_enabled_model_serves_versions_stages_and_aliases_in_sync(client, iris):
@@ -129,64 +220,6 @@ def test_enabling_a_model_that_does_not_exist_is_404(client):
     assert client.get(f"{API}/list").json() == {"endpoints": []}
     unknown = client.post("/model/nope/1/invocations", json=ONE_ROW)
     assert unknown.status_code == 404
-
-
-def test_a_failed_version_and_a_dead_model_server_leave_the_rest_serving(platform, client, iris):
-    name = "resilient"
-    register(iris, name, 1.0)
-    with mlflow.start_run() as run:
-        pass  # a run with no model in it: the version below cannot load
-    MlflowClient().create_model_version(name, f"runs:/{run.info.run_id}/missing", run.info.run_id)
-    client.post(f"{API}/enable", json={"registered_model_name": name})
-
-    def one_ready_one_failed():
-        shown = client.get(f"{API}/list-versions", params={"registered_model_name": name}).json()
-        states = {v["endpoint_version_name"]: v for v in shown["endpoint_versions"]}
-        assert states.get("1", {}).get("state") == "VERSION_STATE_READY", states
-        assert states.get("2", {}).get("state") == "VERSION_STATE_FAILED", states
-        return states["2"]["state_message"]
-
-    assert "MLmodel" in eventually(one_ready_one_failed)
-    assert client.post(f"/model/{name}/1/invocations", json=ONE_ROW).status_code == 200
-    refused = client.post(f"/model/{name}/2/invocations", json=ONE_ROW)
-    assert refused.status_code == 503
-    events = client.get(f"{API}/events", params={"registered_model_name": name}).json()["events"]
-    assert any(e["message"].startswith("Version 2 failed") for e in events)
-    logs = client.get(
-        f"{API}/logs", params={"registered_model_name": name, "endpoint_version_name": "2"}
-    ).json()["logs"]
-    assert "Version 2 failed to load" in logs and "Traceback" in logs
-    assert "version 1" not in logs.lower()
-    logs_of_1 = client.get(
-        f"{API}/logs", params={"registered_model_name": name, "endpoint_version_name": "1"}
-    ).json()["logs"]
-    assert "Loading version 1" in logs_of_1 and "Version 1 is ready" in logs_of_1
-    assert "Version 2" not in logs_of_1 and "Traceback" not in logs_of_1
-
-    worker = subprocess.run(
-        ["pgrep", "-P", str(platform.process.pid), "-f", "modelhost worker"],
-        capture_output=True, text=True,
-    ).stdout.split()  # fmt: skip
-    assert len(worker) == 1
-    for pid in worker:
-        os.kill(int(pid), signal.SIGKILL)
-    down = client.post(f"/model/{name}/1/invocations", json=ONE_ROW)
-    assert down.status_code == 503  # never a hang
-    assert down.headers["retry-after"]
-    eventually(lambda: _served(client, name, "1"))
-    events = client.get(f"{API}/events", params={"registered_model_name": name}).json()["events"]
-    assert any("exited with code -9; restarting" in e["message"] for e in events)
-
-    # With the registry gone, its server and workers, the routes the controller has keep serving.
-    registry = subprocess.run(
-        ["pgrep", "-f", f"mlflow server.*{platform.home}"], capture_output=True, text=True
-    ).stdout.split()
-    assert len(registry) == 1, "the embedded registry is not running"
-    os.killpg(int(registry[0]), signal.SIGKILL)
-    assert httpx.get(f"{platform.url}/health").status_code == 503
-    for _ in range(15):  # over several reconcile ticks
-        assert client.post(f"/model/{name}/1/invocations", json=ONE_ROW).status_code == 200
-        time.sleep(0.2)
 
 
 def test_no_failed_request_while_versions_deploy_and_routes_move(client, iris):

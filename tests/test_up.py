@@ -27,15 +27,25 @@ def tracking_uri():
     mlflow.set_tracking_uri(None)
 
 
-def test_mlflow_client_registers_and_loads_through_the_gateway(tmp_path, iris, tracking_uri):
+def test_mlflow_client_and_the_demo_register_through_the_gateway_and_stay_across_restarts(
+    tmp_path, iris, tracking_uri
+):
+    """On a new home with --demo, then again on the same home: what MLflow's client registered
+    is still there, and the demo model is registered once and served each time.
+
+    One home started twice covers both restarts a user makes (each start costs half a minute).
+    """
     labels = [0, 1, 2] * 50
-    with Platform(tmp_path / "home") as platform:
+    home = tmp_path / "home"
+    with Platform(home, "--demo") as platform:
         mlflow.set_tracking_uri(platform.url)
+        _demo_is_registered_once_and_served(platform, iris)
         mlflow.set_experiment("iris")
         model = LogisticRegression(max_iter=1000).fit(iris, labels)
         # An artifact over the scoring body limit (16 MB) passes: uploads are not scoring.
         large = tmp_path / "large.bin"
         large.write_bytes(os.urandom(17 * 1024 * 1024))
+        stored_before = set((home / "registry" / "artifacts").rglob("MLmodel"))  # the demo's
         with mlflow.start_run() as run:
             info = mlflow.sklearn.log_model(
                 model, name="model", input_example=iris.head(2), registered_model_name="iris",
@@ -52,8 +62,8 @@ def test_mlflow_client_registers_and_loads_through_the_gateway(tmp_path, iris, t
         loaded = mlflow.pyfunc.load_model("models:/iris@champion")
         assert loaded.predict(iris.head(5)).tolist() == model.predict(iris.head(5)).tolist()
         # The artifacts live under the home, uploaded through the gateway.
-        artifacts = list((tmp_path / "home" / "registry" / "artifacts").rglob("MLmodel"))
-        assert artifacts, "no model artifacts were stored under the home"
+        stored = set((home / "registry" / "artifacts").rglob("MLmodel")) - stored_before
+        assert stored, "no model artifacts were stored under the home"
         assert str(info.registered_model_version) == "1"
 
         missing = httpx.get(f"{platform.url}/no/such/route")
@@ -67,34 +77,32 @@ def test_mlflow_client_registers_and_loads_through_the_gateway(tmp_path, iris, t
         assert docs.headers["content-type"].startswith("text/html")
         assert "/api/2.0/preview/mlflow/endpoints/enable" in docs.text
 
-    # A restart on the same home finds what was registered.
-    with Platform(tmp_path / "home") as platform:
+    # A restart on the same home finds what was registered; the demo model is not added again.
+    with Platform(home, "--demo") as platform:
         mlflow.set_tracking_uri(platform.url)
         versions = MlflowClient().search_model_versions("name='iris'")
         assert [v.version for v in versions] == ["1"]
-
-
-def test_demo_registers_an_example_model_once(tmp_path, iris, tracking_uri):
-    for _ in range(2):  # the second start finds it there
-        with Platform(tmp_path / "home", "--demo") as platform:
-            mlflow.set_tracking_uri(platform.url)
-            versions = MlflowClient().search_model_versions("name='iris-demo'")
-            assert [v.version for v in versions] == ["1"]
-            model = mlflow.pyfunc.load_model("models:/iris-demo/1")
-            assert model.predict(iris.head(1)).tolist() == [0]
-            # --demo also serves it, at the address it prints.
-            deadline = time.monotonic() + 60
-            while True:
-                answer = httpx.post(
-                    f"{platform.url}/model/iris-demo/1/invocations",
-                    content=ONE_FLOWER, headers={"Content-Type": "application/json"},
-                )  # fmt: skip
-                if answer.status_code == 200 or time.monotonic() > deadline:
-                    break
-                time.sleep(0.3)
-            assert answer.json() == {"predictions": [0]}
+        _demo_is_registered_once_and_served(platform, iris)
     printed = platform.log_path.read_text()
     assert f"curl -s {platform.url}/model/iris-demo/1/invocations" in printed
+
+
+def _demo_is_registered_once_and_served(platform: Platform, iris) -> None:
+    versions = MlflowClient().search_model_versions("name='iris-demo'")
+    assert [v.version for v in versions] == ["1"]
+    model = mlflow.pyfunc.load_model("models:/iris-demo/1")
+    assert model.predict(iris.head(1)).tolist() == [0]
+    # --demo also serves it, at the address it prints.
+    deadline = time.monotonic() + 60
+    while True:
+        answer = httpx.post(
+            f"{platform.url}/model/iris-demo/1/invocations",
+            content=ONE_FLOWER, headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        if answer.status_code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert answer.json() == {"predictions": [0]}
 
 
 def test_a_database_registry_uri_is_served_through_the_gateway(tmp_path, tracking_uri):

@@ -109,6 +109,20 @@ def test_signing_in(world):
     assert httpx.get(f"{world.url}/api/2.0/mlflow/experiments/search").status_code == 401
 
 
+def test_only_admins_read_metrics(world):
+    def get(who: str | None) -> httpx.Response:
+        return world.call(who, "GET", "/metrics")
+
+    refused = get("reader")
+    assert refused.status_code == 403
+    assert refused.json()["error_code"] == "PERMISSION_DENIED"
+    assert "admins" in refused.json()["message"]
+    assert get(None).status_code == 401
+    allowed = get("admin")
+    assert allowed.status_code == 200
+    assert "modelhost_gateway_requests_in_flight" in allowed.text
+
+
 def test_scoring_and_serving_control_follow_the_levels(world):
     for who in ("reader", "editor", "manager", "admin"):
         assert world.score(who).status_code == 200, who

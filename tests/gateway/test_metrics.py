@@ -3,7 +3,8 @@
 A platform serves one model; requests with known outcomes (200s with known row counts, a 400,
 a 404 for a version that does not exist, a 404 for a model that does not exist) go through the
 gateway, and its /metrics must say exactly that, with the model server's batch sizes relabelled
-by model and version. With auth on, only admins read it.
+by model and version. That only admins read it with auth on is checked in
+tests/auth/test_auth_platform.py, on the platform there.
 """
 
 from __future__ import annotations
@@ -15,12 +16,10 @@ import httpx
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support import FEATURES, Platform, eventually, log_iris, modelhost
+from support import FEATURES, Platform, eventually, log_iris
 
 API = "/api/2.0/preview/mlflow/endpoints"
 MODEL = "prod.metrics.iris"
-# 40 characters, for MODELHOST_ADMIN_TOKEN: the test knows the admin's token.
-ADMIN_TOKEN = "metrics-admin-token-0123456789abcdefghijk"
 
 
 @pytest.fixture(scope="module")
@@ -116,35 +115,6 @@ def test_metrics_take_only_get(served):
     assert answer.status_code == 405
     assert answer.headers["allow"] == "GET, HEAD"
     assert answer.json()["error_code"]
-
-
-def test_with_auth_only_admins_read_metrics(tmp_path_factory):
-    platform = Platform(tmp_path_factory.mktemp("metrics-auth") / "home", "--auth")
-    with pytest.MonkeyPatch.context() as env:  # only `up` needs to see it
-        env.setenv("MODELHOST_ADMIN_TOKEN", ADMIN_TOKEN)
-        platform.__enter__()
-    try:
-        assert modelhost(platform.url, ADMIN_TOKEN, "users", "create", "reader").returncode == 0
-        granted = modelhost(platform.url, ADMIN_TOKEN, "permissions", "grant", "prod.*",
-                            "--user", "reader", "--level", "READ")  # fmt: skip
-        assert granted.returncode == 0, granted.stderr
-        made = modelhost(platform.url, ADMIN_TOKEN, "tokens", "create", "--user", "reader")
-        reader = made.stdout.strip()
-
-        def get(token: str | None) -> httpx.Response:
-            headers = {"Authorization": f"Bearer {token}"} if token else {}
-            return httpx.get(f"{platform.url}/metrics", headers=headers, timeout=30)
-
-        refused = get(reader)
-        assert refused.status_code == 403
-        assert refused.json()["error_code"] == "PERMISSION_DENIED"
-        assert "admins" in refused.json()["message"]
-        assert get(None).status_code == 401
-        allowed = get(ADMIN_TOKEN)
-        assert allowed.status_code == 200
-        assert "modelhost_gateway_requests_in_flight" in allowed.text
-    finally:
-        platform.__exit__()
 
 
 def test_a_crowd_is_answered_one_by_one_and_counted(served):
