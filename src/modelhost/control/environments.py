@@ -191,7 +191,9 @@ def _build(requirements: Requirements, path: Path, log: Log, isolation: Isolatio
             install = [*(e.text for e in requirements.entries), *_server_lines(requirements)]
             _write_readable(path / "requirements.txt", "\n".join(install) + "\n")
             command = [uv, "pip", "install", "--python", str(path / "bin" / "python")]
-            command += ["-r", str(path / "requirements.txt")]
+            # Bytecode now, once: a sealed environment is read-only to the servers it runs, so
+            # each of them would otherwise compile MLflow and pandas again at every start.
+            command += ["--compile-bytecode", "-r", str(path / "requirements.txt")]
             if requirements.constraints:
                 _write_readable(
                     path / "constraints.txt",
