@@ -34,6 +34,7 @@ def run_local(job: BatchJob, progress: Progress, local_path: str | None = None) 
     files = resolve_inputs(job)
     in_fmt, out_fmt = input_format(job, files), output_format(job)
     output = OutputFolder(job.output)
+    output.check(job_record(job, files, in_fmt, out_fmt, model=None))  # before the slow load
     log.info("Loading the model %s", job.model_uri)
     model = ServedModel.load(job.model_uri, local_path)
     output.claim(job_record(job, files, in_fmt, out_fmt, model_identity(model)))

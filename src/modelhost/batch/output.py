@@ -32,7 +32,11 @@ def part_name(file: int, chunk: int, fmt: str) -> str:
 
 
 def job_record(
-    job: BatchJob, inputs: list[Path], input_fmt: str, output_fmt: str, model: dict[str, Any]
+    job: BatchJob,
+    inputs: list[Path],
+    input_fmt: str,
+    output_fmt: str,
+    model: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """What `_job.json` says of a job; `model` names what the URI resolved to (run, model id)."""
     return {
@@ -52,27 +56,37 @@ class OutputFolder:
         self.path = Path(path).expanduser().resolve()
         self.errors_file = self.path / ERRORS_FILE
 
-    def claim(self, record: dict[str, Any]) -> None:
-        """Make the folder this job's, or resume it: refused when another job wrote it."""
+    def check(self, record: dict[str, Any]) -> None:
+        """Refuse an output another job wrote; fields of `record` that are None are not known
+        yet (the model, before it is loaded) and not compared."""
         if self.path.exists() and not self.path.is_dir():
             raise BatchFailed(f"The output {self.path} is a file: name a folder to write parts in.")
-        self.path.mkdir(parents=True, exist_ok=True)
         job_file = self.path / JOB_FILE
         if job_file.exists():
             found = json.loads(job_file.read_text())
-            different = [key for key in _IDENTITY if found.get(key) != record.get(key)]
+            different = [
+                key
+                for key in _IDENTITY
+                if record.get(key) is not None and found.get(key) != record[key]
+            ]
             if different:
                 raise BatchFailed(
                     f"The output {self.path} holds the parts of another job (its "
                     f"{', '.join(different)} differ{'s' if len(different) == 1 else ''}): "
                     "name a new output folder, or delete this one to start over."
                 )
-        elif any(self._parts()):
+        elif self.path.is_dir() and any(self._parts()):
             raise BatchFailed(
                 f"The output {self.path} holds parts but no {JOB_FILE}: it is not a batch "
                 "job's output. Name a new output folder."
             )
-        else:
+
+    def claim(self, record: dict[str, Any]) -> None:
+        """Make the folder this job's, or resume it: refused when another job wrote it."""
+        self.check(record)
+        self.path.mkdir(parents=True, exist_ok=True)
+        job_file = self.path / JOB_FILE
+        if not job_file.exists():
             _write_atomically(job_file, json.dumps(record, indent=2))
         (self.path / SUCCESS_FILE).unlink(missing_ok=True)  # it is not done until it says so
         for leftover in self.path.glob(".part-*.tmp"):
