@@ -57,9 +57,15 @@ def read_chunks(file: Path, number: int, fmt: str, chunk_rows: int) -> Iterator[
     else:
         batches = _line_batches(file, chunk_rows, header=fmt == "csv")
     start = 0
-    for index, (rows, data) in enumerate(batches):
-        yield Chunk(number, index, start, rows, data)
-        start += rows
+    try:
+        for index, (rows, data) in enumerate(batches):
+            yield Chunk(number, index, start, rows, data)
+            start += rows
+    except (OSError, ValueError, pa.ArrowException) as e:  # UnicodeDecodeError is a ValueError
+        raise InvalidInput(
+            f"Cannot read {file} as {fmt} after its row {start}: {e}. Check the file, or pass "
+            "--input-format if it is not " + fmt + "."
+        ) from None
 
 
 def _parquet_batches(file: Path, chunk_rows: int) -> Iterator[tuple[int, pa.RecordBatch]]:
@@ -123,15 +129,15 @@ def _parse_csv(records: list[str], schema: Schema | None) -> pd.DataFrame:
 
 def _parse_jsonl(lines: list[str], schema: Schema | None) -> pd.DataFrame:
     records = []
-    for number, line in enumerate(lines):
+    for line in lines:
         try:
             records.append(orjson.loads(line))
         except orjson.JSONDecodeError as e:
-            raise InvalidInput(f"Row {number} of the chunk is not valid JSON: {e}") from None
+            raise InvalidInput(f"A line is not valid JSON: {e}") from None
         if not isinstance(records[-1], dict):
             raise InvalidInput(
-                f"Row {number} of the chunk is not a JSON object: each line must be one record, "
-                'like {"x": 1.0, "y": "a"}.'
+                f"A line holds {type(records[-1]).__name__}, not a JSON object: each line must "
+                'be one record, like {"x": 1.0, "y": "a"}.'
             )
     try:
         return scoring_server.infer_and_parse_data({"dataframe_records": records}, schema)
