@@ -304,3 +304,25 @@ def test_help_explains_the_command():
                   "--chunk-rows", "--error-threshold", "--env-manager"):  # fmt: skip
         assert words in result.stdout
     assert "--progress-file" not in result.stdout
+
+
+def test_runs_in_the_environment_built_for_the_model(batch_models, tmp_path):
+    """--env-manager uv: the job starts itself again in the model's environment, progress
+    file and all."""
+    pd.DataFrame({"seconds": [0.01] * 30}).to_parquet(tmp_path / "in.parquet")
+    progress_file = tmp_path / "progress.json"
+    command = batch_command(
+        batch_models["sleeper"], "--input", str(tmp_path / "in.parquet"),
+        "--output", str(tmp_path / "out"), "--env-manager", "uv", "--chunk-rows", "10",
+        "--progress-file", str(progress_file),
+    )  # fmt: skip
+    home = tmp_path / "home"
+    env = {**os.environ, "MODELHOST_HOME": str(home)}
+    result = subprocess.run(command, env=env, timeout=600, **_pipes())
+    assert result.returncode == 0, result.stderr
+    [environment] = (p for p in (home / "envs").iterdir() if p.is_dir() and p.name[0] != ".")
+    assert f"Starting the job again with {environment}" in result.stderr
+    status = json.loads(progress_file.read_text())
+    assert (status["state"], status["rows_done"], status["rows_total"]) == ("SUCCEEDED", 30, 30)
+    scored = pd.read_parquet(tmp_path / "out")
+    assert scored["prediction"].tolist() == [0.01] * 30
