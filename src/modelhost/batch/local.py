@@ -53,7 +53,7 @@ def run_local(job: BatchJob, progress: Progress, local_path: str | None = None) 
             for chunk in read_chunks(file, number, in_fmt, job.chunk_rows):
                 key = (chunk.file, chunk.index)
                 if key in done:
-                    tally.skipped(chunk.rows, 0)
+                    tally.skipped(chunk.rows)
                 elif key in failed_before:
                     tally.skipped(chunk.rows, failed_before[key])
                 else:
@@ -96,11 +96,15 @@ class _Tally:
         self.job, self.output, self.progress = job, output, progress
         self.rows = self.failed = 0
 
-    def skipped(self, rows: int, failed: int) -> None:
-        """A chunk a run before this one did."""
+    def skipped(self, rows: int, failure: dict[str, Any] | None = None) -> None:
+        """A chunk a run before this one did, or failed (`failure`: its errors file entry)."""
         self.rows += rows
-        self.failed += failed
-        self.progress.advance(rows, failed)
+        if failure is None:
+            self.progress.advance(rows)
+            return
+        self.failed += rows
+        self.progress.advance(rows, rows)
+        self._check(failure)
 
     def add(self, result: Result) -> None:
         self.rows += result.rows
@@ -110,10 +114,14 @@ class _Tally:
         self.output.add_errors(result.failure)
         self.failed += result.rows
         self.progress.advance(result.rows, result.rows)
-        what = describe(result.failure)
-        log.warning("%d rows failed: %s", result.rows, what)
+        log.warning("%d rows failed: %s", result.rows, describe(result.failure))
+        self._check(result.failure)
+
+    def _check(self, failure: dict[str, Any]) -> None:
+        """Stop the job once more rows failed than the threshold lets."""
         if not self.job.too_many_failed(self.failed):
             return
+        what = describe(failure)
         errors = self.output.errors_file
         if self.job.error_threshold == 0:
             raise BatchFailed(

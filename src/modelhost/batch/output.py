@@ -24,7 +24,15 @@ ERRORS_FILE = "_errors.jsonl"
 SUCCESS_FILE = "_SUCCESS"
 _PART = re.compile(r"^part-(\d{5})-(\d{6})\.\w+$")
 # What makes two jobs the same job: a job with these equal resumes the other's output.
-_IDENTITY = ("model_uri", "model", "inputs", "chunk_rows", "input_format", "output_format")
+_IDENTITY = (
+    "model_uri",
+    "model",
+    "inputs",
+    "input_versions",
+    "chunk_rows",
+    "input_format",
+    "output_format",
+)
 
 
 def part_name(file: int, chunk: int, fmt: str) -> str:
@@ -43,6 +51,8 @@ def job_record(
         "model_uri": job.model_uri,
         "model": model,
         "inputs": [str(path) for path in inputs],
+        # A file changed since (fixed data, say) makes another job: its old parts do not hold.
+        "input_versions": [_version(path) for path in inputs],
         "chunk_rows": job.chunk_rows,
         "input_format": input_fmt,
         "output_format": output_fmt,
@@ -96,9 +106,9 @@ class OutputFolder:
         """(file, chunk) of the parts written whole."""
         return set(self._parts())
 
-    def failed_chunks(self) -> dict[tuple[int, int], int]:
-        """(file, chunk) -> rows of the chunks that failed before, from the errors file."""
-        failed: dict[tuple[int, int], int] = {}
+    def failed_chunks(self) -> dict[tuple[int, int], dict[str, Any]]:
+        """(file, chunk) -> the errors file's entry, for the chunks that failed before."""
+        failed: dict[tuple[int, int], dict[str, Any]] = {}
         if not self.errors_file.exists():
             return failed
         with open(self.errors_file, "rb") as errors:
@@ -107,7 +117,7 @@ class OutputFolder:
                     entry = json.loads(line)
                 except ValueError:
                     break  # the end of a line a stopped job was writing
-                failed[(entry["file_number"], entry["chunk"])] = entry["rows"][1] - entry["rows"][0]
+                failed[(entry["file_number"], entry["chunk"])] = entry
         return failed
 
     def add_errors(self, entry: dict[str, Any]) -> None:
@@ -141,6 +151,11 @@ class OutputFolder:
             match = _PART.match(entry.name)
             if match:
                 yield int(match[1]), int(match[2])
+
+
+def _version(path: Path) -> str:
+    stat = path.stat()
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def _write_atomically(path: Path, text: str) -> None:
