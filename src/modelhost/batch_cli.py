@@ -29,6 +29,7 @@ FORMATS = click.Choice(["parquet", "csv", "jsonl"])
 
 
 @batch.command(
+    short_help="Score files with a model on this machine (the default command).",
     epilog="""\b
 Examples:
   modelhost batch models:/churn@champion --input 'data/*.parquet' --output scored/

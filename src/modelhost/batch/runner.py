@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from types import FrameType
 
 from mlflow.exceptions import MlflowException
@@ -33,7 +34,8 @@ class Stopped(BaseException):
 def run(job: BatchJob, local_path: str | None = None) -> Summary:
     """Run the job to its end; raises BatchFailed with what went wrong, Stopped on SIGTERM."""
     progress = Progress(job.progress_file)
-    signal.signal(signal.SIGTERM, _stop)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop)
     progress.write_file("RUNNING")
     try:
         summary = _run(job, progress, local_path)
