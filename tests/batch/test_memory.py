@@ -13,7 +13,7 @@ from conftest import Job, MemoryCap, group_pss
 ROWS, COLUMNS = 4_000_000, 8
 INPUT_BYTES = ROWS * COLUMNS * 8  # 256 MB of float64 once read
 CHUNK_ROWS = 20_000  # 1.3 MB a chunk
-STEADY_CAP = INPUT_BYTES // 8  # growth allowed once scoring runs
+STEADY_CAP = INPUT_BYTES // 4  # growth allowed once scoring runs
 STARTUP_CAP = INPUT_BYTES // 2  # growth allowed to get there: a worker forked, the reader open
 
 
