@@ -49,6 +49,8 @@ class Progress:
         self._samples: collections.deque[tuple[float, int]] = collections.deque()
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
+        self._scoring = False  # rows are counted: show them
+        self._file_lock = threading.Lock()  # the ticker and the job both rewrite the file
 
     def start(self, total_rows: int | None) -> None:
         """The scoring starts; `total_rows` None when the input does not say it."""
@@ -56,6 +58,11 @@ class Progress:
             self.rows_total = total_rows
             self._started = time.monotonic()
             self._samples.append((self._started, 0))
+            self._scoring = True
+        self.begin()
+
+    def begin(self) -> None:
+        """The job runs (fetching the model, building its environment): keep the file fresh."""
         self.write_file("RUNNING")
         if self._ticker is None:
             self._ticker = threading.Thread(target=self._tick, name="progress", daemon=True)
@@ -73,7 +80,7 @@ class Progress:
         self._stop.set()
         if self._ticker is not None:
             self._ticker.join()
-        if self.terminal:
+        if self.terminal and self._scoring:
             self._draw(final=True)
         self.write_file("SUCCEEDED" if ok else "FAILED", message)
 
@@ -121,14 +128,17 @@ class Progress:
             "updated": time.time(),
         }
         temporary = self.file.with_name(f".{self.file.name}.{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(status))
-        os.replace(temporary, self.file)
+        with self._file_lock:
+            temporary.write_text(json.dumps(status))
+            os.replace(temporary, self.file)
 
     def _tick(self) -> None:
         last_log = time.monotonic()
         interval = min(FILE_EVERY_S, 0.25 if self.terminal else LOG_EVERY_S)
         while not self._stop.wait(interval):
             self.write_file("RUNNING")
+            if not self._scoring:
+                continue
             if self.terminal:
                 self._draw()
             elif time.monotonic() - last_log >= LOG_EVERY_S:

@@ -36,7 +36,7 @@ def run(job: BatchJob, local_path: str | None = None) -> Summary:
     progress = Progress(job.progress_file)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _stop)
-    progress.write_file("RUNNING")
+    progress.begin()
     try:
         summary = _run(job, progress, local_path)
     except Stopped:
