@@ -17,7 +17,16 @@ from types import FrameType
 
 from mlflow.exceptions import MlflowException
 
-from modelhost.batch.job import JOB_ENV, BatchFailed, BatchJob, Summary
+from modelhost.batch.job import (
+    JOB_ENV,
+    BatchFailed,
+    BatchJob,
+    Summary,
+    input_format,
+    output_format,
+    resolve_inputs,
+)
+from modelhost.batch.output import OutputFolder, job_record
 from modelhost.batch.progress import Progress
 from modelhost.config import EnvManager, default_home
 from modelhost.errors import ModelhostError
@@ -60,9 +69,17 @@ def run(job: BatchJob, local_path: str | None = None) -> Summary:
 def _run(job: BatchJob, progress: Progress, local_path: str | None) -> Summary:
     from modelhost.worker.model import download
 
+    if job.engine == "local":
+        # The input, the formats and the output are checked before the model is fetched.
+        files = resolve_inputs(job)
+        record = job_record(job, files, input_format(job, files), output_format(job), None)
+        OutputFolder(job.output).check(record)
     if local_path is None:
         log.info("Fetching the artifacts of %s", job.model_uri)
-        local_path = download(job.model_uri)
+        try:
+            local_path = download(job.model_uri)
+        except MlflowException as e:
+            raise BatchFailed(f"Cannot fetch the model {job.model_uri}: {e.message}") from None
     if job.env_manager != EnvManager.LOCAL:
         _enter_model_environment(job, local_path)  # returns only if this environment is the one
     if job.engine == "spark":
