@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from modelhost.batch.formats import count_rows
 from modelhost.batch.job import BatchJob, input_format, output_format, resolve_inputs
 from modelhost.errors import InvalidInput
 
@@ -47,3 +48,10 @@ def test_options_are_checked_where_they_enter(tmp_path):
         job(tmp_path, "x", output_format="xlsx")
     described = job(tmp_path, "x", workers=3, progress_file="/tmp/p.json")
     assert BatchJob.from_json(described.to_json()) == described
+
+
+def test_rows_are_counted_for_the_time_left(tmp_path):
+    (tmp_path / "a.csv").write_text("x,y\n1,2\n3,4\n5,6")  # no line end after the last row
+    (tmp_path / "b.jsonl").write_text('{"x": 1}\n{"x": 2}\n')
+    assert count_rows([tmp_path / "a.csv"], "csv") == 3
+    assert count_rows([tmp_path / "b.jsonl", tmp_path / "b.jsonl"], "jsonl") == 4

@@ -43,11 +43,27 @@ class Chunk:
     data: Any  # a pyarrow RecordBatch (parquet), or raw lines (csv: header first; jsonl)
 
 
+# Text inputs up to this size are counted (a scan for line ends) to show the time left.
+COUNT_TEXT_BYTES = 1 << 30
+
+
 def count_rows(files: list[Path], fmt: str) -> int | None:
-    """The input's rows, when the files say it without being read (Parquet footers)."""
-    if fmt != "parquet":
+    """The input's rows: from Parquet footers; for text, its lines when the input is small
+    enough to scan (an estimate: blank lines and line breaks inside quotes count)."""
+    if fmt == "parquet":
+        return sum(pq.read_metadata(file).num_rows for file in files)
+    if sum(file.stat().st_size for file in files) > COUNT_TEXT_BYTES:
         return None
-    return sum(pq.read_metadata(file).num_rows for file in files)
+    return sum(_lines(file) - (fmt == "csv") for file in files)
+
+
+def _lines(file: Path) -> int:
+    count, last = 0, b"\n"
+    with open(file, "rb") as text:
+        while block := text.read(1 << 20):
+            count += block.count(b"\n")
+            last = block[-1:]
+    return count + (last != b"\n")  # a last line with no line end
 
 
 def read_chunks(file: Path, number: int, fmt: str, chunk_rows: int) -> Iterator[Chunk]:

@@ -80,6 +80,8 @@ class Progress:
         self._stop.set()
         if self._ticker is not None:
             self._ticker.join()
+        if ok and self._scoring:
+            self.rows_total = self.rows_done  # a text input's count was an estimate
         if self.terminal and self._scoring:
             self._draw(final=True)
         self.write_file("SUCCEEDED" if ok else "FAILED", message)
