@@ -59,8 +59,9 @@ class Workers:
         context = multiprocessing.get_context("fork")
         self._chunks = context.Queue()
         self._results = context.Queue()
-        # Objects made before the fork are never freed in workers: keep the collector off them,
-        # so it does not write to (and copy) the pages they share with this process.
+        # What was made before the fork (MLflow's modules, the model) lives as long as the job:
+        # keep the collector off it, so it neither spends time on it in every process nor
+        # writes to (and copies) the pages the workers share with this process.
         gc.freeze()
         self._processes = [
             context.Process(
@@ -73,7 +74,6 @@ class Workers:
         ]
         for process in self._processes:
             process.start()
-        gc.unfreeze()
 
     def put(self, chunk: Chunk) -> None:
         self._chunks.put(chunk)
