@@ -56,6 +56,7 @@ class Workers:
     """N forked scoring processes, a queue of chunks to them and one of results back."""
 
     def __init__(self, count: int, task: Task) -> None:
+        _keep_large_blocks()
         context = multiprocessing.get_context("fork")
         self._chunks = context.Queue()
         self._results = context.Queue()
@@ -115,6 +116,22 @@ class Workers:
         for channel in (self._chunks, self._results):
             channel.cancel_join_thread()
             channel.close()
+
+
+def _keep_large_blocks() -> None:
+    """Serve chunk-sized blocks (and up to 32 MB) from the heap, and keep 64 MB of it freed.
+
+    By default the C library maps each block over 128 kB afresh and unmaps it when freed, so
+    every chunk passed between processes faulted its pages in again: a third of the reading
+    process's time. Set before the fork, it holds in the workers too.
+    """
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(m_mmap_threshold, 32 << 20)
+        libc.mallopt(m_trim_threshold, 64 << 20)
+    except (OSError, AttributeError):  # not glibc: its defaults stand
+        pass
 
 
 def _work(task: Task, chunks: Any, results: Any) -> None:
