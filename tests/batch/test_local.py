@@ -69,7 +69,7 @@ def finished(batch_models, data, registry, tmp_path_factory) -> dict[str, Finish
         "lists": (m["probabilities"], iris, "--output-format", "jsonl", "--chunk-rows", "60"),
         "bad_csv": (m["fragile"], data / "fragile.csv", "--chunk-rows", "1000"),
         "threshold": (m["fragile"], data / "negatives.jsonl", "--chunk-rows", "10",
-                      "--error-threshold", "-1"),
+                      "--error-threshold", "-1", "--progress-file", str(out / "progress.json")),
         "over_threshold": (m["fragile"], data / "negatives.jsonl", "--chunk-rows", "10",
                            "--error-threshold", "15", "--workers", "1"),
     }  # fmt: skip
@@ -213,6 +213,9 @@ def test_failed_rows_go_to_the_errors_file_up_to_the_threshold(finished, data):
     assert scored["x"].tolist() == [n + 0.5 for n in kept]
     assert scored["prediction"].tolist() == [2 * n + 1.0 for n in kept]
     assert json.loads((result.output / "_SUCCESS").read_text())["rows_failed"] == 20
+    status = json.loads((result.output.parent / "progress.json").read_text())
+    assert (status["state"], status["rows_done"], status["rows_failed"]) == ("SUCCEEDED", 100, 20)
+    assert status["errors_file"] == str(result.output / "_errors.jsonl")
 
     stopped = finished["over_threshold"]
     assert stopped.code == 1
