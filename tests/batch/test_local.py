@@ -329,3 +329,21 @@ def test_runs_in_the_environment_built_for_the_model(batch_models, tmp_path):
     assert (status["state"], status["rows_done"], status["rows_total"]) == ("SUCCEEDED", 30, 30)
     scored = pd.read_parquet(tmp_path / "out")
     assert scored["prediction"].tolist() == [0.01] * 30
+
+
+def test_a_failed_job_started_again_fails_the_same_until_its_input_changes(
+    finished, batch_models, data
+):
+    result = finished["bad_csv"]
+    options = ("--input", str(data / "fragile.csv"), "--output", str(result.output))
+    options += ("--chunk-rows", "1000")
+    again = run_batch(batch_models["fragile"], *options)
+    assert again.returncode == 1
+    assert "rows 1000-1999, first failing row 1234, column 'x'" in again.stderr, again.stderr
+    assert len(_errors(result.output)) == 1  # the chunk was not scored again
+    # Fixed (here: touched) data is another job's input: its output must start over.
+    stat = (data / "fragile.csv").stat()
+    os.utime(data / "fragile.csv", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    fixed = run_batch(batch_models["fragile"], *options)
+    assert fixed.returncode == 1
+    assert "holds the parts of another job (its input_versions differs)" in fixed.stderr
