@@ -24,7 +24,7 @@ from modelhost.config import EnvManager
 
 JAVA_PACKAGE = "openjdk-17-jre-headless"  # what Spark 4 needs, from Debian's packages
 APT_TIMEOUT_S = 900
-WORKERS = 2
+WORKERS = 1  # one Python worker to start: the machine is shared
 FRAME_OUTPUT = Path(__file__).parents[1] / "toys" / "frame_output.py"
 
 
@@ -194,9 +194,21 @@ def test_bad_data_fails_with_the_models_own_words(spark, model_paths, iris, tmp_
         score(spark, model_paths["forest_regressor"], tmp_path / "input.csv", tmp_path / "o")
 
     message = failed.value.message
-    assert FEATURES[1] in message, message
+    assert f"Incompatible input types for column {FEATURES[1]}" in message, message
     assert "Traceback" not in message and "org.apache" not in message, message
+    assert "5.1" not in message, f"the input quoted in the message: {message}"
     assert not parts(tmp_path / "o", ".parquet") and not (tmp_path / "o" / "_SUCCESS").exists()
+
+
+def test_a_malformed_line_fails_with_what_is_wrong_with_it(spark, model_paths, tmp_path):
+    (tmp_path / "input.jsonl").write_text('{"x": 1.0}\n{"x": 2.0\n')
+
+    with pytest.raises(BatchFailed) as failed:
+        score(spark, model_paths["fragile"], tmp_path / "input.jsonl", tmp_path / "o")
+
+    message = failed.value.message
+    assert "Malformed records" in message and "end-of-input" in message, message
+    assert "\tat " not in message and "SQLSTATE" not in message, message
 
 
 def test_an_error_threshold_is_refused_with_what_to_do(spark, model_paths, tmp_path):

@@ -51,6 +51,7 @@ UDF_BUILT = "uv"
 _PANDAS_NOTE = "PySpark does not yet fully support pandas"
 _PANDAS_WARNING = f"ignore:{_PANDAS_NOTE}:FutureWarning"  # as PYTHONWARNINGS says it
 _JOB_GROUP = "modelhost-batch"
+log = logging.getLogger("modelhost.batch")
 _WRITERS = {"parquet": "parquet", "csv": "csv", "jsonl": "json"}
 
 
@@ -510,27 +511,55 @@ def _summary_from(record: dict[str, Any], output: Path) -> Summary:
 
 # --- errors
 
-# The last line of a Python traceback: `package.module.SomeError: what went wrong`.
-_RAISED = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.+)$")
+# Where a Python exception's line starts: `package.module.SomeError: what went wrong`.
+_RAISED = re.compile(r"^(?:[\w.]+\.)?\w+(?:Error|Exception): ", re.M)
+_ERROR_CLASS = re.compile(r"^\[[A-Z_.]+\]\s*")
+_MOST = 600  # characters of a cause worth showing; a model's message may quote all its input
 
 
 def _failure(error: Exception) -> str | None:
-    """What Spark or the model said went wrong, without Java's stack; None if not Spark's."""
-    try:
-        from py4j.protocol import Py4JJavaError
-        from pyspark.errors import PySparkException
-    except ImportError:
-        return None
+    """What went wrong in Spark's or the model's words, without the stacks; None if not Spark's."""
+    from py4j.protocol import Py4JJavaError
+    from pyspark.errors import PySparkException
+
     if not isinstance(error, PySparkException | Py4JJavaError):
         return None
+    log.debug("The Spark job failed", exc_info=error)
     text = str(error)
-    raised = [m for line in text.splitlines() if (m := _RAISED.match(line.strip()))]
-    if "Traceback (most recent call last)" in text and raised:
-        # The model or MLflow raised in a Python worker: its own words, last in the traceback.
-        kind, said = raised[-1].groups()
-        return f"Scoring failed: {kind}: {said}"
-    first = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
-    return f"Spark failed: {first}"
+    if "Traceback (most recent call last)" in text:  # raised in a Python worker: the model's
+        return f"The model could not score the input: {_python_says(text)}"
+    if isinstance(error, Py4JJavaError):
+        return f"Spark could not run the job: {_java_says(error.java_exception)}"
+    return f"Spark could not run the job: {_tidy(text)}"
+
+
+def _python_says(text: str) -> str:
+    """The last exception of a Python traceback, up to where Spark's text starts again."""
+    raised = list(_RAISED.finditer(text))[-1]
+    said = text[raised.start() :].split("\n\tat ")[0].split(" SQLSTATE:")[0]
+    kind, _, message = said.partition(": ")
+    # MLflow's schema errors quote the whole input before the part that says what is wrong.
+    message = message.rsplit(". Error: ", 1)[-1]
+    return f"{kind.rsplit('.', 1)[-1]}: {_tidy(message)}"
+
+
+def _java_says(exception: Any) -> str:
+    """A Java exception's message, and its first cause's when it has one."""
+    said = _tidy(str(exception.getMessage()))
+    cause = exception.getCause()
+    while cause is not None and cause.getCause() is not None:
+        cause = cause.getCause()
+    if cause is not None and cause.getMessage():
+        kind = str(cause.getClass().getSimpleName())
+        said += f" Caused by {kind}: {_tidy(str(cause.getMessage()))}"
+    return said
+
+
+def _tidy(message: str) -> str:
+    """One line: no error class, no SQL state, no Java stack."""
+    message = message.split("\n\tat ")[0].split(" SQLSTATE:")[0]
+    message = " ".join(_ERROR_CLASS.sub("", message.strip()).split())
+    return message if len(message) <= _MOST else message[: _MOST - 3] + "..."
 
 
 # --- on its own, for timing the engine without the command line around it
