@@ -11,6 +11,7 @@ read in name order, hold the rows in input order.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -50,7 +51,6 @@ UDF_BUILT = "uv"
 # what modelhost uses of it (Arrow batches to and from pandas) works, and the warning is noise.
 _PANDAS_NOTE = "PySpark does not yet fully support pandas"
 _PANDAS_WARNING = f"ignore:{_PANDAS_NOTE}:FutureWarning"  # as PYTHONWARNINGS says it
-_JOB_GROUP = "modelhost-batch"
 log = logging.getLogger("modelhost.batch")
 _WRITERS = {"parquet": "parquet", "csv": "csv", "jsonl": "json"}
 
@@ -197,12 +197,16 @@ def _quiet() -> Iterator[None]:
     advice = _NoEnvAdvice()
     logger = logging.getLogger("mlflow.pyfunc")
     logger.addFilter(advice)
+    backends = logging.getLogger("mlflow.models.flavor_backend_registry")  # "Selected backend"
+    level = backends.level
+    backends.setLevel(logging.WARNING)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", _PANDAS_NOTE, FutureWarning)
             yield
     finally:
         logger.removeFilter(advice)
+        backends.setLevel(level)
 
 
 # --- before scoring
@@ -224,9 +228,14 @@ def _local_model(model_uri: str) -> str:
     """The model's folder: as given when local, else fetched once, for every executor."""
     if Path(model_uri).is_dir():
         return str(Path(model_uri).resolve())
+    from mlflow.exceptions import MlflowException
+
     from modelhost.worker.model import download
 
-    return download(model_uri)
+    try:
+        return download(model_uri)
+    except MlflowException as error:
+        raise BatchFailed(f"Could not fetch the model {model_uri}: {error.message}") from None
 
 
 def _count_rows(files: list[Path], in_format: str) -> int | None:
@@ -261,9 +270,14 @@ def _score(
         scored = _with_predictions(spark, frame, plan)
         observed = Observation("modelhost")
         scored = scored.observe(observed, F.count(F.lit(1)).alias("rows"))
-        spark.sparkContext.setJobGroup(_JOB_GROUP, f"modelhost batch {job.model_uri}")
-        with _progress_of_tasks(spark, plan.total_rows, progress) as reported:
-            _write(scored, plan.output_format, staging)
+        # The writing job's own group, so its tasks are told apart from any other's.
+        group = f"modelhost-batch-{staging.name}"
+        spark.sparkContext.setJobGroup(group, f"modelhost batch {job.model_uri}")
+        try:
+            with _progress_of_tasks(spark, group, plan.total_rows, progress) as reported:
+                _write(scored, plan.output_format, staging)
+        finally:
+            spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
         rows = int(observed.get["rows"])
         progress.advance(max(rows - reported(), 0))
         _publish(staging, output)
@@ -281,23 +295,27 @@ def _score(
 
 def _read(spark: SparkSession, files: list[Path], in_format: str) -> DataFrame:
     """All the files as one frame, file after file, each in its own row order."""
-    options: dict[str, str] = {"mode": "FAILFAST"}  # a malformed line fails, never turns null
-    if in_format == "csv":
-        options |= {"header": "true", "inferSchema": "true", "preferDate": "false"}
     paths = [str(file) for file in files]
-    reader = spark.read.options(**options)
-    read = {"parquet": reader.parquet, "csv": reader.csv, "jsonl": reader.json}[in_format]
-    schema = read(*paths).schema  # one schema for all, as if the files were one
-    frame = None
-    for path in paths:
-        part = spark.read.options(**options).schema(schema)
-        one = {"parquet": part.parquet, "csv": part.csv, "jsonl": part.json}[in_format](path)
-        frame = one if frame is None else frame.union(one)
-    assert frame is not None  # resolve_inputs never returns no file
+    schema = _reader(spark, in_format)(*paths).schema  # one schema for all, as one file has
+    frame = functools.reduce(
+        lambda before, path: before.union(_reader(spark, in_format, schema)(path)),
+        paths[1:],
+        _reader(spark, in_format, schema)(paths[0]),
+    )
     if in_format == "jsonl":
         # Spark sorts a JSON object's keys; the columns keep the order the records have.
         frame = frame.select(*[_column(name) for name in _json_key_order(files[0], frame.columns)])
     return frame
+
+
+def _reader(spark: SparkSession, in_format: str, schema: Any = None) -> Any:
+    """Spark's reader of the format, taking paths: strict, and with `schema` when given."""
+    reader = spark.read.option("mode", "FAILFAST")  # a malformed line fails, never turns null
+    if in_format == "csv":
+        reader = reader.options(header="true", inferSchema="true", preferDate="false")
+    if schema is not None:
+        reader = reader.schema(schema)
+    return {"parquet": reader.parquet, "csv": reader.csv, "jsonl": reader.json}[in_format]
 
 
 def _json_key_order(first: Path, columns: list[str]) -> list[str]:
@@ -394,7 +412,7 @@ def _write(frame: DataFrame, out_format: str, folder: Path) -> None:
 
 @contextmanager
 def _progress_of_tasks(
-    spark: SparkSession, total_rows: int | None, progress: Progress
+    spark: SparkSession, group: str, total_rows: int | None, progress: Progress
 ) -> Iterator[Any]:
     """Advance `progress` once a second by the rows the finished tasks stand for.
 
@@ -411,7 +429,7 @@ def _progress_of_tasks(
         tracker = spark.sparkContext.statusTracker()
         while not stop.wait(1.0):
             done = total = 0
-            for job_id in tracker.getJobIdsForGroup(_JOB_GROUP):
+            for job_id in tracker.getJobIdsForGroup(group):
                 job = tracker.getJobInfo(job_id)
                 for stage_id in job.stageIds if job else []:
                     stage = tracker.getStageInfo(stage_id)
@@ -519,9 +537,13 @@ _MOST = 600  # characters of a cause worth showing; a model's message may quote 
 
 def _failure(error: Exception) -> str | None:
     """What went wrong in Spark's or the model's words, without the stacks; None if not Spark's."""
+    from mlflow.exceptions import MlflowException
     from py4j.protocol import Py4JJavaError
     from pyspark.errors import PySparkException
 
+    if isinstance(error, MlflowException):  # raised here, on the first rows or the model's files
+        said = error.message.rsplit(". Error: ", 1)[-1]
+        return f"The model could not score the input: {_tidy(said)}"
     if not isinstance(error, PySparkException | Py4JJavaError):
         return None
     log.debug("The Spark job failed", exc_info=error)
