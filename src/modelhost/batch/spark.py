@@ -6,6 +6,13 @@ builds it with uv where each executor runs). Input order is kept by reading each
 and chaining the reads: a union keeps its inputs' partitions in order, where one read of all the
 files would pack them by size. Spark names part files in partition order, so the output's parts,
 read in name order, hold the rows in input order.
+
+`--env-manager`: `auto` scores in this Python when it satisfies the model's requirements (as
+`serve` decides), else spark_udf builds the model's environment with uv (no conda, no pyenv);
+`local` always scores in this Python, `uv` always builds. Local mode (the default, `local[N]`
+with N = workers) keeps everything on this machine and on loopback. With `--spark-master`, the
+input and output folders must be at the same path on the driver and every executor (a shared
+filesystem), and executors need `uv` on their PATH for a model that needs its own environment.
 """
 
 from __future__ import annotations
@@ -75,8 +82,16 @@ class _Plan:
     total_rows: int | None
 
 
-def run_spark(job: BatchJob, progress: Progress, spark: SparkSession | None = None) -> Summary:
-    """Score the job on `spark`, or on a session of its own started for it and stopped after."""
+def run_spark(
+    job: BatchJob,
+    progress: Progress,
+    local_path: str | None = None,
+    spark: SparkSession | None = None,
+) -> Summary:
+    """Score the job on `spark`, or on a session of its own started for it and stopped after.
+
+    `local_path` is the model's folder when it was fetched already.
+    """
     started = time.monotonic()
     if job.error_threshold != 0:
         raise BatchFailed(
@@ -93,13 +108,13 @@ def run_spark(job: BatchJob, progress: Progress, spark: SparkSession | None = No
         return done
     with _quiet():
         if spark is not None:
-            plan = _plan(job, files, *formats)
+            plan = _plan(job, files, *formats, local_path)
             return _score(spark, job, plan, output, progress, started)
         # The JVM takes seconds to start: start it while the model is fetched and its needs read.
         with ThreadPoolExecutor(1, thread_name_prefix="spark-start") as pool:
             starting = pool.submit(_start_session, master_url(job))
             try:
-                plan = _plan(job, files, *formats)
+                plan = _plan(job, files, *formats, local_path)
             except BaseException:
                 _stop_when_started(starting)
                 raise
@@ -212,8 +227,10 @@ def _quiet() -> Iterator[None]:
 # --- before scoring
 
 
-def _plan(job: BatchJob, files: list[Path], in_format: str, out_format: str) -> _Plan:
-    model_dir = _local_model(job.model_uri)
+def _plan(
+    job: BatchJob, files: list[Path], in_format: str, out_format: str, local_path: str | None
+) -> _Plan:
+    model_dir = local_path or _local_model(job.model_uri)
     return _Plan(
         files=files,
         input_format=in_format,
