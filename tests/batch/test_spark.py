@@ -159,6 +159,8 @@ def test_a_finished_output_is_kept_and_another_jobs_refused(spark, model_paths, 
                             tmp_path / "o")  # fmt: skip
 
     assert again.rows == first.rows == len(frame) and progress.rows == len(frame)
+    expected = by_hand(model_paths["classifier"], frame)  # class numbers: Spark longs
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "o"), expected)
     assert {p.name: p.stat().st_mtime_ns for p in parts(tmp_path / "o", ".parquet")} == written
     with pytest.raises(BatchFailed, match="holds the output of another job"):
         score(spark, model_paths["forest_regressor"], tmp_path / "input.parquet", tmp_path / "o")
