@@ -75,7 +75,9 @@ stopped skips the parts it wrote and ends with the same result.""",
     envvar="MODELHOST_BATCH_ENV_MANAGER", type=click.Choice([m.value for m in EnvManager]),
     help="Python environment of the model, as for `modelhost serve`: auto uses the current one "
     "when it satisfies the model's requirements and builds one with uv otherwise; local always "
-    "uses the current one; uv always builds (cached under the modelhost home).",
+    "uses the current one; uv always builds (cached under the modelhost home). With --engine "
+    "spark the driver stays here and spark_udf builds the model's environment on the executors "
+    "with uv when this one does not satisfy it.",
 )  # fmt: skip
 @click.option(
     "--error-threshold", default=0, show_default=True, type=click.IntRange(min=-1),

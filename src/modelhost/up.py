@@ -84,7 +84,7 @@ def _run(
         )
         jobs = JobManager(
             JobStore(store.engine), settings.home, settings.batch_folder, registry_url,
-            isolation, controller.events.record, _batch_runner(), settings.batch_jobs,
+            isolation, controller.events.record, RUNNER, settings.batch_jobs,
         )  # fmt: skip
         jobs.open()  # jobs a previous run left running end FAILED, saying why
         jobs_api = JobsAPI(Jobs(jobs.store, jobs, registry_url, settings.batch_folder))
@@ -131,12 +131,6 @@ async def _serve(
         await controller.stop()
         for sig, handler in before.items():
             signal.signal(sig, handler)
-
-
-def _batch_runner() -> tuple[str, ...]:
-    """What batch jobs run: `modelhost batch run`, or a stand-in the tests name (a script)."""
-    stand_in = os.environ.get("MODELHOST_BATCH_TEST_RUNNER")
-    return (stand_in,) if stand_in else RUNNER
 
 
 def _serve_demo(registry_url: str, store: StateStore, url: str, signing_in: bool) -> None:

@@ -1,9 +1,8 @@
 """Batch jobs on `modelhost up`: submitted, watched, cancelled and refused through the API and
 the command line, by real users with real tokens, on a real registry.
 
-One platform for the module, with auth on and a batch folder of its own. The jobs run
-MODELHOST_BATCH_TEST_RUNNER (tests/batch/stand_in_runner.py, which scores CSV as the sleeper
-toy model does) in place of `modelhost batch run`; without that variable they run the real one.
+One platform for the module, with auth on and a batch folder of its own. The jobs score the
+sleeper toy model, whose rows take as long as their `seconds` say.
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ ADMIN_TOKEN = "batch-jobs-admin-token-0123456789abcdef"
 MODEL = "batch.sleeper"
 HIDDEN = "batch.hidden"  # no grant: only admins may read it
 TOYS = Path(__file__).parent.parent / "toys"
-STAND_IN = Path(__file__).parent / "stand_in_runner.py"
 FINISHED = ("SUCCEEDED", "FAILED", "CANCELLED")
 RESTARTED = "modelhost stopped while the job ran; submit it again with the same output"
 
@@ -87,8 +85,6 @@ def world(tmp_path_factory):
     root = Path(tempfile.mkdtemp(prefix="modelhost-batch-"))
     outside = Path(tempfile.mkdtemp(prefix="modelhost-outside-"))
     _inputs(root, outside)
-    before = os.environ.get("MODELHOST_BATCH_TEST_RUNNER")
-    os.environ["MODELHOST_BATCH_TEST_RUNNER"] = str(STAND_IN)
     home = tmp_path_factory.mktemp("batch-jobs") / "home"
     platform = Platform(home, "--auth", "--admin-token", ADMIN_TOKEN, "--batch-root", str(root))
     try:
@@ -102,10 +98,6 @@ def world(tmp_path_factory):
                 client.set_registered_model_alias(MODEL, "champion", "1")
             yield world
     finally:
-        if before is None:
-            os.environ.pop("MODELHOST_BATCH_TEST_RUNNER", None)
-        else:
-            os.environ["MODELHOST_BATCH_TEST_RUNNER"] = before
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(outside, ignore_errors=True)
 

@@ -1,8 +1,8 @@
 """`--engine spark`: a job scored through mlflow.pyfunc.spark_udf on Spark in local mode.
 
 Its output must be what the local engine writes: the input's rows in input order, their
-columns, then the predictions. Until the local engine is in, the reference is what a user would
-compute by hand: the model's `predict` over the same input.
+columns, then the predictions. The first test runs both engines on the same input; the others
+check against what a user would compute by hand, the model's `predict` over the same input.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,8 +105,17 @@ def test_parquet_files_come_back_scored_in_input_order(spark, model_paths, iris,
     frame.iloc[100:].to_parquet(inputs / "b.parquet")
 
     summary, progress = score(spark, model, inputs, tmp_path / "scored")
+    local = subprocess.run(
+        [sys.executable, "-m", "modelhost", "batch", str(model), "--input", str(inputs),
+         "--output", str(tmp_path / "local"), "--engine", "local", "--env-manager", "local",
+         "--chunk-rows", "150"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert local.returncode == 0, local.stderr
 
-    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "scored"), by_hand(model, frame))
+    scored = pd.read_parquet(tmp_path / "scored")
+    pd.testing.assert_frame_equal(scored, pd.read_parquet(tmp_path / "local"))
+    pd.testing.assert_frame_equal(scored, by_hand(model, frame))
     assert summary.rows == len(frame) and summary.rows_failed == 0
     assert json.loads((tmp_path / "scored" / "_SUCCESS").read_text())["rows"] == len(frame)
     assert (progress.started, progress.total, progress.rows) == (True, len(frame), len(frame))

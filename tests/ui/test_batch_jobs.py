@@ -1,7 +1,6 @@
 """A model's batch jobs on its page: listed with their progress, refreshed while it is open.
 
-The jobs run MODELHOST_BATCH_TEST_RUNNER (tests/batch/stand_in_runner.py, which scores CSV as
-the sleeper toy model does) in place of `modelhost batch run`; without it, the real one.
+The jobs score the sleeper toy model, whose rows take as long as their `seconds` say.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ from support import Platform, eventually
 MODEL = "batch-page"
 JOBS = "/api/2.0/modelhost/batch/jobs"
 TESTS = Path(__file__).parent.parent
-STAND_IN = TESTS / "batch" / "stand_in_runner.py"
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +30,7 @@ def platform(tmp_path_factory):
     home = tmp_path_factory.mktemp("batch-page") / "home"
     running = Platform(home, "--batch-root", str(root), experiment="batch-page")
     try:
-        with pytest.MonkeyPatch.context() as env:  # only `up` needs to see it
-            env.setenv("MODELHOST_BATCH_TEST_RUNNER", str(STAND_IN))
-            running.__enter__()
+        running.__enter__()
         with mlflow.start_run():
             mlflow.pyfunc.log_model(
                 name="model", python_model=str(TESTS / "toys" / "sleeper.py"),

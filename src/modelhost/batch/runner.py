@@ -80,16 +80,18 @@ def _run(job: BatchJob, progress: Progress, local_path: str | None) -> Summary:
             local_path = download(job.model_uri)
         except MlflowException as e:
             raise BatchFailed(f"Cannot fetch the model {job.model_uri}: {e.message}") from None
-    if job.env_manager != EnvManager.LOCAL:
-        _enter_model_environment(job, local_path)  # returns only if this environment is the one
     if job.engine == "spark":
+        # The driver stays here, where PySpark is; spark_udf restores the model's environment
+        # on the executors itself.
         try:
             from modelhost.batch.spark import run_spark
         except ImportError as e:
             raise BatchFailed(
                 f"The spark engine needs PySpark ({e}): pip install 'modelhost[spark]'."
             ) from None
-        return run_spark(job, progress)
+        return run_spark(job, progress, local_path)
+    if job.env_manager != EnvManager.LOCAL:
+        _enter_model_environment(job, local_path)  # returns only if this environment is the one
     from modelhost.batch.local import remove_leftovers, run_local
 
     try:

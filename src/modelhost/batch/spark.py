@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from modelhost.batch.spark_standin import (
+from modelhost.batch.job import (
     BatchFailed,
     BatchJob,
     Summary,
@@ -599,41 +599,3 @@ def _tidy(message: str) -> str:
     message = message.split("\n\tat ")[0].split(" SQLSTATE:")[0]
     message = " ".join(_ERROR_CLASS.sub("", message.strip()).split())
     return message if len(message) <= _MOST else message[: _MOST - 3] + "..."
-
-
-# --- on its own, for timing the engine without the command line around it
-
-
-class _Silent:
-    def start(self, total_rows: int | None) -> None:
-        pass
-
-    def advance(self, rows: int, failed: int = 0) -> None:
-        pass
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m modelhost.batch.spark MODEL_URI INPUT OUTPUT [--workers N] [--master URL]`.
-
-    One job on the spark engine, its summary printed as JSON: what a benchmark times.
-    """
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m modelhost.batch.spark")
-    parser.add_argument("model_uri")
-    parser.add_argument("input")
-    parser.add_argument("output")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--chunk-rows", type=int, default=50_000)
-    parser.add_argument("--master", default=None)
-    args = parser.parse_args(argv)
-    job = BatchJob(
-        args.model_uri, args.input, args.output, engine="spark", workers=args.workers,
-        chunk_rows=args.chunk_rows, spark_master=args.master,
-    )  # fmt: skip
-    summary = run_spark(job, _Silent())
-    print(json.dumps({**_summary_record(summary), "output": summary.output}))
-
-
-if __name__ == "__main__":
-    main()
