@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -665,3 +665,130 @@ def _listens(path: Path, process: subprocess.Popen) -> None:
             probe.connect(str(path))
         except ConnectionRefusedError:
             raise AssertionError("not listening yet") from None
+
+
+# --- `modelhost batch` jobs in subprocesses, and their memory
+
+BATCH_TIMEOUT_S = 180
+
+
+def batch_command(model: str | Path, *options: str) -> list[str]:
+    return [sys.executable, "-m", "modelhost", "batch", str(model), *options]
+
+
+def run_batch(
+    model: str | Path, *options: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`modelhost batch MODEL OPTIONS...` to its end; its output and exit code."""
+    return subprocess.run(
+        batch_command(model, "--env-manager", "local", *options),
+        capture_output=True,
+        text=True,
+        timeout=BATCH_TIMEOUT_S,
+        env={**os.environ, **(env or {})},
+    )
+
+
+class Job:
+    """`modelhost batch` started in a process group of its own, stopped with it at the end."""
+
+    def __init__(self, model: str | Path, *options: str, log: Path, **popen: object) -> None:
+        self.log_path = log
+        with open(log, "wb") as out:
+            self.process = subprocess.Popen(
+                batch_command(model, "--env-manager", "local", *options),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                **popen,
+            )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait(self, timeout_s: float = BATCH_TIMEOUT_S) -> int:
+        return self.process.wait(timeout=timeout_s)
+
+    def group_alive(self) -> bool:
+        try:
+            os.killpg(self.process.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def signal(self, sig: signal.Signals, group: bool = False) -> None:
+        (os.killpg if group else os.kill)(self.process.pid, sig)
+
+    def stop(self) -> None:
+        stop_group(self.process, grace_s=5)
+
+
+def wait_for(check: Callable[[], object], timeout_s: float, what: str) -> object:
+    """Poll `check` until it returns something true; fail naming `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def parts(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob("part-*"))
+
+
+class MemoryCap:
+    """Kills a process group when its memory grows past `cap_bytes` over its start-up footprint.
+
+    Memory is the PSS of every process of the group (/proc/<pid>/smaps_rollup), so pages
+    forked workers share with their parent count once. The start-up footprint is taken when
+    `started()` first holds (the model is loaded), sampled every ~20 ms after that.
+    """
+
+    def __init__(self, group: int, cap_bytes: int, started: Callable[[], bool]) -> None:
+        self.group, self.cap, self.started = group, cap_bytes, started
+        self.baseline: int | None = None
+        self.peak_growth = 0
+        self.killed = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.02):
+            if self.baseline is None:
+                if self.started():
+                    self.baseline = group_pss(self.group)
+                continue
+            growth = group_pss(self.group) - self.baseline
+            self.peak_growth = max(self.peak_growth, growth)
+            if growth > self.cap:
+                self.killed = True
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.group, signal.SIGKILL)
+                return
+
+
+def group_pss(group: int) -> int:
+    """Bytes of PSS of the processes in process group `group`."""
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+            # Fields after the command name, which may hold spaces: state, ppid, pgrp, ...
+            if int(stat[stat.rindex(")") + 2 :].split()[2]) != group:
+                continue
+            for line in Path(entry.path, "smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) * 1024
+                    break
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            continue  # a process that ended between the listing and the read
+    return total

@@ -15,9 +15,9 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import Job, batch_command, parts, run_batch, wait_for
 from mlflow import MlflowClient
 from sklearn.datasets import load_iris
+from support import Job, batch_command, parts, run_batch, wait_for
 
 
 @dataclass

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import Job, MemoryCap, group_pss
+from support import Job, MemoryCap, group_pss
 
 ROWS, COLUMNS = 4_000_000, 8
 INPUT_BYTES = ROWS * COLUMNS * 8  # 256 MB of float64 once read

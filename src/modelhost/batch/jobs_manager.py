@@ -34,6 +34,7 @@ from mlflow import MlflowClient
 from modelhost.batch.jobs import JobState
 from modelhost.batch.jobs_paths import confine_paths
 from modelhost.batch.jobs_store import PROGRESS, JobRecord, JobStore
+from modelhost.config import EnvManager
 from modelhost.control.environments import Environment, prepare
 from modelhost.control.isolation import Isolation
 from modelhost.control.placement import fetch_version
@@ -225,9 +226,11 @@ class JobManager:
             name, version, identity, say,
         )  # fmt: skip
         requirements = read_requirements(local_path)
-        environment = prepare(
-            requirements, job.options.env_manager, self.home / "envs", say, self.isolation
-        )
+        # A spark job's driver runs where PySpark is, here; spark_udf restores the model's
+        # environment on the executors itself.
+        spark = job.options.engine == "spark"
+        manager = EnvManager.LOCAL if spark else job.options.env_manager
+        environment = prepare(requirements, manager, self.home / "envs", say, self.isolation)
         groups: list[int] = []
         model_group = self.isolation.group(f"model:{name}")
         if model_group is not None:
@@ -268,13 +271,15 @@ class JobManager:
         job_log: Path,
     ) -> None:
         job = run.job
+        spark = job.options.engine == "spark"
         env = environment.process_env(self.isolation.environ(os.environ))
         env.update(HOME=str(scratch), TMPDIR=str(scratch))
         command = [
             str(environment.python), *self.runner, str(local_path),
             "--input", job.input, "--output", job.output, "--progress-file", str(progress),
             *job.options.runner_flags(),
-            "--env-manager", "local",  # the model's environment is the one prepared above
+            # The model's environment is the one prepared above, but for spark's executors.
+            "--env-manager", job.options.env_manager if spark else "local",
         ]  # fmt: skip
         self.isolation.let_through()
         _append(job_log, f"Starting: {' '.join(command)}")
