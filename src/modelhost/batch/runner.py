@@ -28,7 +28,7 @@ from modelhost.batch.job import (
 )
 from modelhost.batch.output import OutputFolder, job_record
 from modelhost.batch.progress import Progress
-from modelhost.config import EnvManager, default_home
+from modelhost.config import EnvManager
 from modelhost.errors import ModelhostError
 
 log = logging.getLogger("modelhost.batch")
@@ -103,27 +103,15 @@ def _run(job: BatchJob, progress: Progress, local_path: str | None) -> Summary:
 
 def _enter_model_environment(job: BatchJob, local_path: str) -> None:
     """Run this job again in the model's own environment, unless it is the current one."""
-    from modelhost.control.environments import prepare
-    from modelhost.control.requirements import read_requirements
+    from modelhost.control.environments import enter
 
-    environment = prepare(
-        read_requirements(local_path),
-        job.env_manager,
-        default_home() / "envs",
-        log=logging.getLogger("modelhost.environment").info,
-    )
-    if environment.current:
-        return
-    log.info("Starting the job again with %s", environment.python)
-    env = environment.process_env(os.environ)
     # The same job, `local` so the new process stays put; its progress file goes along.
-    env[JOB_ENV] = dataclasses.replace(job, env_manager=EnvManager.LOCAL).to_json()
-    env[LOCAL_PATH_ENV] = local_path
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # exec keeps this process's id and group: SIGTERM and Ctrl-C reach the job as before.
-    python = str(environment.python)
-    os.execve(python, [python, "-m", "modelhost.batch.runner"], env)
+    env = {
+        **os.environ,
+        JOB_ENV: dataclasses.replace(job, env_manager=EnvManager.LOCAL).to_json(),
+        LOCAL_PATH_ENV: local_path,
+    }
+    enter(local_path, job.env_manager, "modelhost.batch.runner", env, "the job")
 
 
 def _stop(signum: int, frame: FrameType | None) -> None:

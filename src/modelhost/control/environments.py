@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -378,3 +379,27 @@ def _modelhost_source(root: Path) -> Path:
         partial.symlink_to(package, target_is_directory=True)
         os.replace(partial, link)
     return folder
+
+
+def enter(
+    local_path: str, manager: EnvManager | str, module: str, env: Mapping[str, str], what: str
+) -> None:
+    """Become `python -m module` (with `env`) in the environment the model at `local_path`
+    declares, built under the home if need be; returns only if that is the current one.
+    `what` the program is, for the log: "the server".
+
+    exec keeps this process's id and group, so Ctrl-C and SIGTERM reach the new program as they
+    would have reached this one, and nothing is left to supervise.
+    """
+    from modelhost.config import default_home
+    from modelhost.control.requirements import read_requirements
+
+    log = logging.getLogger("modelhost.environment")
+    environment = prepare(read_requirements(local_path), manager, default_home() / "envs", log.info)
+    if environment.current:
+        return
+    log.info("Starting %s again with %s", what, environment.python)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    python = str(environment.python)
+    os.execve(python, [python, "-m", module], environment.process_env(env))

@@ -7,14 +7,13 @@ import logging
 import os
 import shutil
 import socket
-import sys
 import tempfile
 from typing import Any
 
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
-from modelhost.config import EnvManager, ServeSettings, default_home
+from modelhost.config import EnvManager, ServeSettings
 from modelhost.logs import configure_logging
 from modelhost.worker.model import download
 from modelhost.worker.replicas import FOLDER_ENV
@@ -48,28 +47,11 @@ def serve(settings: ServeSettings) -> None:
 
 def _enter_model_environment(settings: ServeSettings, local_path: str) -> None:
     """Re-run this server in the model's own environment, unless it is the current one."""
-    from modelhost.control.environments import prepare
-    from modelhost.control.requirements import read_requirements
+    from modelhost.control.environments import enter
 
-    environment = prepare(
-        read_requirements(local_path),
-        settings.env_manager,
-        default_home() / "envs",
-        log=logging.getLogger("modelhost.environment").info,
-    )
-    if environment.current:
-        return
-    log.info("Starting the server again with %s", environment.python)
     # The same settings, artifacts already fetched; `local` so the new process stays put.
     dataclasses.replace(settings, env_manager=EnvManager.LOCAL).export()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # exec keeps this process's id and group, so Ctrl-C and SIGTERM reach the new server as
-    # they would have reached this one, and nothing is left to supervise.
-    python = str(environment.python)
-    os.execve(
-        python, [python, "-m", "modelhost.worker.server"], environment.process_env(os.environ)
-    )
+    enter(local_path, settings.env_manager, "modelhost.worker.server", os.environ, "the server")
 
 
 def serve_versions(settings: ServeSettings) -> None:
