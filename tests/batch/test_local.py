@@ -44,6 +44,7 @@ def data(tmp_path_factory) -> Path:
     lines = [json.dumps({"x": (-n if n in (25, 71) else n) + 0.5}) for n in range(100)]
     (root / "negatives.jsonl").write_text("\n".join(lines) + "\n")
     pd.DataFrame({"seconds": [0.2] * 40}).to_parquet(root / "slow.parquet")
+    _iris().drop(columns="sepal length (cm)").to_parquet(root / "partial.parquet")
     return root
 
 
@@ -68,6 +69,7 @@ def finished(batch_models, data, registry, tmp_path_factory) -> dict[str, Finish
         "folder": ("models:/forest@champion", iris, "--workers", "2", "--chunk-rows", "40"),
         "lists": (m["probabilities"], iris, "--output-format", "jsonl", "--chunk-rows", "60"),
         "bad_csv": (m["fragile"], data / "fragile.csv", "--chunk-rows", "1000"),
+        "missing_column": (m["forest"], data / "partial.parquet", "--workers", "1"),
         "threshold": (m["fragile"], data / "negatives.jsonl", "--chunk-rows", "10",
                       "--error-threshold", "-1", "--progress-file", str(out / "progress.json")),
         "over_threshold": (m["fragile"], data / "negatives.jsonl", "--chunk-rows", "10",
@@ -162,6 +164,16 @@ def test_scores_a_folder_in_input_order(finished, batch_models):
     job = json.loads((result.output / "_job.json").read_text())
     assert job["model_uri"] == "models:/forest@champion"
     assert job["model"]["model_uuid"]  # what the alias named when the job started
+
+
+def test_a_missing_column_is_named_without_quoting_the_rows(finished, data):
+    result = finished["missing_column"]
+    assert result.code == 1
+    message = result.stderr[result.stderr.index("Error: ") :]
+    for words in (str(data / "partial.parquet"), "rows 0-149", "sepal length (cm)"):
+        assert words in message, message
+    # What is wrong and what the model expects; not MLflow's quote of all 150 rows.
+    assert "Failed to enforce schema of data" not in message and "6.7" not in message, message
 
 
 def test_a_frame_output_gives_a_column_per_field(finished):

@@ -1,8 +1,9 @@
 """The README's screenshots of the Serving page: `./dev python tests/ui/screenshots.py`.
 
 Starts `modelhost up --demo` on a home of its own, sends the demo model a few requests so the
-plots have something to show, and saves docs/images/models.png and docs/images/model.png, taken
-with the same Chromium the browser tests drive.
+plots have something to show, runs two batch jobs on it, and saves docs/images/models.png,
+docs/images/model.png and docs/images/batch-jobs.png, taken with the same Chromium the browser
+tests drive.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import time
 from pathlib import Path
 
 import httpx
+import pandas as pd
 from mlflow import MlflowClient
 from playwright.sync_api import expect, sync_playwright
+from sklearn.datasets import load_iris
 
 TESTS = Path(__file__).parents[1]
 sys.path.insert(0, str(TESTS))
@@ -41,6 +44,7 @@ def main() -> None:
         for _ in range(40):  # a little traffic for the plots, spread over two samples
             httpx.post(score, json=ONE_ROW, timeout=30)
             time.sleep(0.25)
+        _batch_jobs(up)
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1280, "height": 360})
@@ -55,8 +59,29 @@ def main() -> None:
             page.get_by_role("tab", name="Metrics").click()
             page.get_by_text("v1 req/s").first.wait_for(timeout=60_000)
             page.screenshot(path=IMAGES / "model.png", full_page=True)
+            page.get_by_role("tab", name="Batch Jobs").click()
+            page.get_by_text("SUCCEEDED").first.wait_for()
+            page.screenshot(path=IMAGES / "batch-jobs.png", full_page=True)
             browser.close()
-    print(f"Saved {IMAGES / 'models.png'} and {IMAGES / 'model.png'}")
+    print(f"Saved models.png, model.png and batch-jobs.png in {IMAGES}")
+
+
+def _batch_jobs(up: Platform) -> None:
+    """A job that succeeds and one whose input lacks a column, both ended."""
+    flowers, _ = load_iris(return_X_y=True, as_frame=True)
+    data = up.home / "batch" / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    pd.concat([flowers] * 2000).to_parquet(data / "flowers.parquet")
+    flowers.drop(columns=flowers.columns[0]).to_csv(data / "partial.csv", index=False)
+    jobs = f"{up.url}/api/2.0/modelhost/batch/jobs"
+    for given, output in (("data/flowers.parquet", "scores/daily"), ("data/partial.csv", "x")):
+        job = {"model_uri": f"models:/{DEMO}/1", "input": given, "output": output}
+        url = f"{jobs}/{httpx.post(jobs, json=job, timeout=60).json()['job']['job_id']}"
+        eventually(lambda url=url: _ended(url), timeout_s=300)
+
+
+def _ended(url: str) -> None:
+    assert httpx.get(url, timeout=30).json()["job"]["state"] in ("SUCCEEDED", "FAILED")
 
 
 def _answers(url: str) -> None:

@@ -121,7 +121,7 @@ def _failure(
         "row": None if offset is None else chunk.start + offset,
         "column": column,
         "error_code": error.error_code,
-        "message": error.message,
+        "message": _without_data(error.message, schema),
         "input": raw_rows(chunk.data, fmt),
     }
 
@@ -162,6 +162,15 @@ def _first_failing_row(model: ServedModel, chunk: Chunk, fmt: str, output_fmt: s
         else:
             return None  # only rows of both halves together fail
     return low if high - low == 1 and fails(low, high) else None
+
+
+def _without_data(message: str, schema: Schema | None) -> str:
+    """MLflow's schema errors quote the chunk's whole data before saying what is wrong: keep
+    what is wrong. The rows are in the errors file; a job's message is shown and logged."""
+    marker = f"' with schema '{schema}'. Error: "
+    if message.startswith("Failed to enforce schema of data '") and marker in message:
+        return message[message.index(marker) + len(marker) :]
+    return message
 
 
 def _blamed_column(message: str, schema: Schema | None) -> str | None:

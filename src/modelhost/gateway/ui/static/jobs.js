@@ -34,7 +34,7 @@ export function jobsTab() {
       h("td", { class: "time" }, when(job.created_at)),
       h("td", { class: "time" }, job.started_at ? when(job.started_at) : "–"),
       h("td", { class: "time" }, job.finished_at ? when(job.finished_at) : "–"),
-      h("td", {}, job.submitter || ""));
+      h("td", {}, job.submitter || "–"));
   }
 
   function failed(error) {
