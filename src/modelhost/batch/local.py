@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 from modelhost.batch.formats import count_rows, read_chunks
@@ -132,9 +131,3 @@ class _Tally:
             f"More than {self.job.error_threshold} rows failed ({self.failed} so far); the last "
             f"in {what}\nThe failed rows are in {errors}."
         )
-
-
-def remove_leftovers(output: str | Path) -> None:
-    """Parts a stopped worker was writing, under their temporary names."""
-    for leftover in Path(output).expanduser().glob(".part-*.tmp"):
-        leftover.unlink(missing_ok=True)

@@ -97,10 +97,14 @@ class OutputFolder:
         self.path.mkdir(parents=True, exist_ok=True)
         job_file = self.path / JOB_FILE
         if not job_file.exists():
-            _write_atomically(job_file, json.dumps(record, indent=2))
+            write_atomically(job_file, json.dumps(record, indent=2))
         (self.path / SUCCESS_FILE).unlink(missing_ok=True)  # it is not done until it says so
+        self.remove_leftovers()
+
+    def remove_leftovers(self) -> None:
+        """Parts a stopped job (or worker) was writing, under their temporary names."""
         for leftover in self.path.glob(".part-*.tmp"):
-            leftover.unlink(missing_ok=True)  # parts a stopped job was writing
+            leftover.unlink(missing_ok=True)
 
     def done_parts(self) -> set[tuple[int, int]]:
         """(file, chunk) of the parts written whole."""
@@ -135,15 +139,22 @@ class OutputFolder:
             self.errors_file.write_bytes(data[: data.rfind(b"\n") + 1])
 
     def finish(self, summary: Summary) -> None:
-        _write_atomically(
-            self.path / SUCCESS_FILE,
-            json.dumps(
-                {
-                    "rows": summary.rows,
-                    "rows_failed": summary.rows_failed,
-                    "seconds": round(summary.seconds, 3),
-                }
-            ),
+        """Say the job is done, last: `_SUCCESS` with its rows, rows failed and seconds."""
+        record = {
+            "rows": summary.rows,
+            "rows_failed": summary.rows_failed,
+            "seconds": round(summary.seconds, 3),
+        }
+        write_atomically(self.path / SUCCESS_FILE, json.dumps(record))
+
+    def finished(self) -> Summary | None:
+        """How the job that wrote this folder ended, if it did."""
+        success = self.path / SUCCESS_FILE
+        if not success.is_file():
+            return None
+        record = json.loads(success.read_text())
+        return Summary(
+            record["rows"], record["rows_failed"], record["seconds"], str(self.path), None
         )
 
     def _parts(self):
@@ -158,7 +169,8 @@ def _version(path: Path) -> str:
     return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: Path, text: str) -> None:
+    """`text` in `path`, whole or not at all, for readers that may look at any time."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     temporary.write_text(text)
     os.replace(temporary, path)

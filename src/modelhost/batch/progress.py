@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from modelhost.batch.output import write_atomically
+
 log = logging.getLogger("modelhost.batch")
 
 LOG_EVERY_S = 5.0
@@ -129,10 +131,8 @@ class Progress:
             else None,
             "updated": time.time(),
         }
-        temporary = self.file.with_name(f".{self.file.name}.{os.getpid()}.tmp")
         with self._file_lock:
-            temporary.write_text(json.dumps(status))
-            os.replace(temporary, self.file)
+            write_atomically(self.file, json.dumps(status))
 
     def _tick(self) -> None:
         last_log = time.monotonic()

@@ -92,12 +92,12 @@ def _run(job: BatchJob, progress: Progress, local_path: str | None) -> Summary:
         return run_spark(job, progress, local_path)
     if job.env_manager != EnvManager.LOCAL:
         _enter_model_environment(job, local_path)  # returns only if this environment is the one
-    from modelhost.batch.local import remove_leftovers, run_local
+    from modelhost.batch.local import run_local
 
     try:
         return run_local(job, progress, local_path)
     except BaseException:
-        remove_leftovers(job.output)
+        OutputFolder(job.output).remove_leftovers()
         raise
 
 

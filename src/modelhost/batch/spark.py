@@ -43,6 +43,7 @@ from modelhost.batch.job import (
     output_format,
     resolve_inputs,
 )
+from modelhost.batch.output import OutputFolder, write_atomically
 from modelhost.config import EnvManager
 
 if TYPE_CHECKING:
@@ -306,7 +307,7 @@ def _score(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     summary = Summary(rows, 0, round(time.monotonic() - started, 3), str(output), None)
-    _write_atomically(output / "_SUCCESS", json.dumps(_summary_record(summary)))
+    OutputFolder(output).finish(summary)
     return summary
 
 
@@ -501,9 +502,9 @@ def _claim(
                 f"{before.get('model_uri')} on other input or formats): choose another output "
                 "folder, or remove this one."
             )
-        success = output / "_SUCCESS"
-        if success.is_file():
-            return _summary_from(json.loads(success.read_text()), output)
+        done = OutputFolder(output).finished()
+        if done is not None:
+            return done
         _clear_parts(output)  # an interrupted run's parts: Spark scores the input again whole
         return None
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
@@ -512,7 +513,7 @@ def _claim(
             "empty folder."
         )
     output.mkdir(parents=True, exist_ok=True)
-    _write_atomically(described, json.dumps(record, indent=2))
+    write_atomically(described, json.dumps(record, indent=2))
     return None
 
 
@@ -528,20 +529,6 @@ def _publish(staging: Path, output: Path) -> None:
     """Move Spark's part files into the output; each appears whole, by a rename."""
     for part in sorted(staging.glob("part-*")):
         os.replace(part, output / part.name)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    partial.write_text(text)
-    os.replace(partial, path)
-
-
-def _summary_record(summary: Summary) -> dict[str, Any]:
-    return {"rows": summary.rows, "rows_failed": summary.rows_failed, "seconds": summary.seconds}
-
-
-def _summary_from(record: dict[str, Any], output: Path) -> Summary:
-    return Summary(record["rows"], record["rows_failed"], record["seconds"], str(output), None)
 
 
 # --- errors
