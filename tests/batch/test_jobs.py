@@ -262,6 +262,12 @@ def test_permissions_follow_the_model(world):
         seen = {j["job_id"] for j in world.call(who, "GET").json()["jobs"]}
         assert hidden["job_id"] not in seen
     _error(world.call("stranger", "GET", f"/{mine['job_id']}"), 404)
+    # No token at all: nothing, not even the list, and nothing started.
+    anonymous = world.platform.url + JOBS
+    assert httpx.get(anonymous, timeout=30).status_code == 401
+    assert httpx.get(f"{anonymous}/{mine['job_id']}", timeout=30).status_code == 401
+    assert httpx.post(anonymous, json={**body, "output": "o-anon"}, timeout=30).status_code == 401
+    assert not (world.root / "o-anon").exists()
     everything = {j["job_id"] for j in world.call("admin", "GET").json()["jobs"]}
     assert {hidden["job_id"], mine["job_id"]} <= everything
     assert world.ended("admin", hidden["job_id"])["state"] == "SUCCEEDED"
