@@ -647,14 +647,6 @@ class Load:
         return "\n".join(lines)
 
 
-def process_started_at(pid: int) -> float:
-    """When process `pid` started, on the clock of time.monotonic()."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime, after the name
-    age_s = float(Path("/proc/uptime").read_text().split()[0]) - ticks / os.sysconf("SC_CLK_TCK")
-    return time.monotonic() - age_s
-
-
 @contextlib.contextmanager
 def model_worker(log_path: Path, *options: str) -> Iterator[tuple[httpx.Client, subprocess.Popen]]:
     """A platform model server on a Unix socket handed over open, as `modelhost up` starts one."""

@@ -76,20 +76,31 @@ class Forked:
             os.close(self.pidfd)
 
 
+class _Run:
+    """One run of a fork server process, and the line to it."""
+
+    def __init__(self, process: subprocess.Popen[bytes], channel: socket.socket) -> None:
+        self.process = process
+        self.channel = channel
+        self.said = threading.Event()  # it said it is ready, or it stopped talking first
+        self.ready = False
+        self.forked: dict[int, Forked] = {}  # pid -> a server it forked, until it exits
+
+
 class ForkServer:
-    """One fork server process, started on the first fork asked of it."""
+    """One environment's fork server, started on the first fork asked of it (or by `start`),
+    and again after it dies; if one never gets ready, this environment's servers start
+    afresh from then on."""
 
     def __init__(self, environment: Environment, env: Mapping[str, str], log_path: Path) -> None:
         self.environment = environment
         self.env = dict(env)
         self.log_path = log_path
-        self._lock = threading.Lock()  # one start, and one request on the socket, at a time
-        self._process: subprocess.Popen[bytes] | None = None
-        self._channel: socket.socket | None = None
-        self._ready = threading.Event()
-        self._answers: dict[int, Any] = {}  # request id -> the answer, once it came
+        self._lock = threading.Lock()  # one start, and one request on the line, at a time
+        self._run: _Run | None = None
+        self._failed = False  # a run never got ready: its environment cannot have one
+        self._answers: dict[int, Any] = {}  # request number -> the answer, once it came
         self._answered = threading.Condition()
-        self._forked: dict[int, Forked] = {}  # pid -> its server, until it exits
         self._next = 0
 
     def fork(
@@ -103,7 +114,7 @@ class ForkServer:
         title: str,
     ) -> Forked:
         """A new model server: `modelhost worker --fd <listener> *options`, writing to `output`."""
-        channel = self._running()
+        run = self._ready_run()
         request = {
             "env": dict(env),
             "options": options,
@@ -119,7 +130,7 @@ class ForkServer:
             number = request["start"] = self._next
             try:
                 fds = [listener.fileno(), output]
-                socket.send_fds(channel, [json.dumps(request).encode()], fds)
+                socket.send_fds(run.channel, [json.dumps(request).encode()], fds)
             except OSError as e:
                 raise ForkServerUnavailable(f"its fork server is gone ({e})") from None
         answer = self._answer(number)
@@ -127,44 +138,44 @@ class ForkServer:
             raise ForkServerUnavailable(f"its fork server could not fork: {answer['error']}")
         return answer["forked"]
 
-    def start(self) -> None:
-        """Start the process if it does not run (it imports on its own; `fork` waits for that)."""
+    def start(self) -> _Run:
+        """Start the process unless it runs (it imports on its own; `fork` waits for that)."""
         with self._lock:
-            if self._process is not None and self._process.poll() is None:
-                return
+            if self._run is not None and self._run.process.poll() is None:
+                return self._run
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             python = str(self.environment.python)
             with theirs, open(self.log_path, "ab") as output:
-                self._process = subprocess.Popen(
+                process = subprocess.Popen(
                     [python, "-m", "modelhost.worker.forkserver", "--fd", str(theirs.fileno())],
                     stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                     env=self.env, start_new_session=True, pass_fds=(theirs.fileno(),),
                 )  # fmt: skip
-            self._channel, self._ready = ours, threading.Event()
+            run = self._run = _Run(process, ours)
             threading.Thread(
-                target=self._listen, args=(ours, self._process, self._ready),
-                name="modelhost-forkserver", daemon=True,
-            ).start()  # fmt: skip
+                target=self._listen, args=(run,), name="modelhost-forkserver", daemon=True
+            ).start()
+            return run
 
     def close(self) -> None:
         """Stop it: closing our end makes it kill what it forked and exit."""
         with self._lock:
-            if self._channel is not None:
-                self._channel.shutdown(socket.SHUT_RDWR)
-            process = self._process
-        if process is not None:
-            stop_group(process, grace_s=5)
+            run = self._run
+        if run is not None:
+            with contextlib.suppress(OSError):
+                run.channel.shutdown(socket.SHUT_RDWR)
+            stop_group(run.process, grace_s=5)
 
-    def _running(self) -> socket.socket:
-        self.start()
-        ready, process, channel = self._ready, self._process, self._channel
-        assert process is not None and channel is not None, "started just now"
-        if not ready.wait(READY_TIMEOUT_S) or process.poll() is not None:
-            raise ForkServerUnavailable(
-                f"its fork server did not start (see {self.log_path}); starting it afresh"
-            )
-        return channel
+    def _ready_run(self) -> _Run:
+        if self._failed:
+            raise ForkServerUnavailable(f"its environment's fork server failed ({self.log_path})")
+        run = self.start()
+        if not run.said.wait(READY_TIMEOUT_S) or not run.ready:
+            self._failed = True
+            run.process.kill()
+            raise ForkServerUnavailable(f"its fork server did not start (see {self.log_path})")
+        return run
 
     def _answer(self, number: int) -> dict[str, Any]:
         with self._answered:
@@ -174,14 +185,12 @@ class ForkServer:
                 )
             return self._answers.pop(number)
 
-    def _listen(
-        self, channel: socket.socket, process: subprocess.Popen[bytes], ready: threading.Event
-    ) -> None:
+    def _listen(self, run: _Run) -> None:
         """On a thread of its own: what the fork server says, until it stops."""
         try:
             while True:
                 try:
-                    data, fds, _, _ = socket.recv_fds(channel, MESSAGE_BYTES, 1)
+                    data, fds, _, _ = socket.recv_fds(run.channel, MESSAGE_BYTES, 1)
                 except OSError:
                     data, fds = b"", []
                 if not data:
@@ -189,27 +198,26 @@ class ForkServer:
                 message = json.loads(data)
                 if "ready" in message:
                     log.info("The fork server of %s is ready", self.environment.python)
-                    ready.set()
+                    run.ready = True
+                    run.said.set()
                 elif "exited" in message:
-                    forked = self._forked.pop(message["exited"], None)
+                    forked = run.forked.pop(message["exited"], None)
                     if forked is not None:
                         forked.exited(message["code"])
                 else:
                     number = message.get("started") or message.get("failed")
                     if "started" in message:
                         forked = Forked(message["pid"], fds[0])
-                        self._forked[forked.pid] = forked
+                        run.forked[forked.pid] = forked
                         message["forked"] = forked
                     with self._answered:
                         self._answers[number] = message
                         self._answered.notify_all()
         finally:
-            channel.close()
-            for forked in self._forked.values():  # they die with it; how, nobody can say
+            run.said.set()
+            run.channel.close()
+            for forked in run.forked.values():  # they die with it; how, nobody can say
                 forked.exited(None)
-            self._forked.clear()
-            if process.poll() is None:
-                log.warning("The fork server of %s stopped talking", self.environment.python)
 
 
 class ForkServers:

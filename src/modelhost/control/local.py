@@ -55,6 +55,7 @@ class _Server:
         self.message = "Starting its model server."
         self.versions: dict[str, Held] = {}  # what it was told to hold, as it last said
         self.calls = asyncio.Lock()  # control calls, one at a time, in the order made
+        self.poked = asyncio.Event()  # told a version to hold: look at it again soon
         self.watching: asyncio.Task[None] | None = None
 
     def view(self) -> ServerView:
@@ -110,6 +111,7 @@ class LocalSupervisor:
         self.isolation.let_through()  # loading reads the version's files as the model user
         body = {"model_uri": model_uri, "local_path": str(local_path)}
         self._spawn(self._calls, self._call(server, server.process, "PUT", version, body))
+        server.poked.set()
 
     def release(self, key: ServerKey, version: str) -> None:
         server = self._servers.get(key)
@@ -215,7 +217,7 @@ class LocalSupervisor:
             elif changed:
                 self.changed()
             loading = any(h.state is HeldState.LOADING for h in server.versions.values())
-            await process.exited(QUICK_PING_S if loading else PING_S)
+            await _rest(server, process, QUICK_PING_S if loading else PING_S)
 
     @staticmethod
     def _update(server: _Server, reported: list[dict]) -> bool:
@@ -265,6 +267,22 @@ class LocalSupervisor:
         if method == "PUT" and server.process is process and version in server.versions:
             server.versions[version] = Held(HeldState.FAILED, f"Its model server {why}")
             self.changed()
+
+
+async def _rest(server: _Server, process: ModelServerProcess, seconds: float) -> None:
+    """Wait for the next health check: `seconds`, or less if the process exits (replaced at
+    once) or is told to hold a version (its loading is followed closely from then on)."""
+    if server.poked.is_set():
+        server.poked.clear()
+        seconds = QUICK_PING_S
+    poked = asyncio.create_task(server.poked.wait())
+    exited = asyncio.create_task(process.exited(seconds))
+    try:
+        await asyncio.wait((poked, exited), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        poked.cancel()
+        exited.cancel()
+        await asyncio.gather(poked, exited, return_exceptions=True)
 
 
 async def _finish(work) -> None:
