@@ -481,28 +481,51 @@ def _assert_none(found: list) -> None:
     assert found == [], found
 
 
-def model_servers(platform: Platform, name: str) -> list[int]:
-    """Process ids of the model servers `platform` runs for registered model `name`.
+FORK_SERVER = b"modelhost.worker.forkserver"  # `python -m` it: the third word of its command
 
-    A model server is a `modelhost worker` process among those `up` started, and it writes the
-    model's own log file, which tells whose server it is.
+
+def all_model_servers(platform: Platform) -> list[int]:
+    """Process ids of every model server `platform` runs, of any model.
+
+    A model server is a `modelhost worker` process, or a process forked by a fork server (it
+    keeps its fork server's command line: it is one whose parent is a fork server).
     """
-    from modelhost.control.servers import server_log  # the platform's name for a model's log
-
-    model_log = str(server_log(platform.home.resolve() / "logs", name))
     found = []
     for proc in Path("/proc").glob("[0-9]*"):
         try:
-            command = (proc / "cmdline").read_bytes().split(b"\0")
-            if command[2:4] != [b"modelhost", b"worker"]:
+            command = _command(proc.name)
+            if command[2:4] != [b"modelhost", b"worker"] and (
+                command[2:3] != [FORK_SERVER] or _command(_parent(proc.name))[2:3] != [FORK_SERVER]
+            ):
                 continue
-            if platform.marker.encode() not in (proc / "environ").read_bytes().split(b"\0"):
-                continue
-            if any(os.readlink(fd) == model_log for fd in (proc / "fd").iterdir()):
+            if platform.marker.encode() in (proc / "environ").read_bytes().split(b"\0"):
                 found.append(int(proc.name))
         except OSError:  # gone meanwhile
             pass
     return found
+
+
+def model_servers(platform: Platform, name: str) -> list[int]:
+    """Process ids of the model servers `platform` runs for registered model `name`: those
+    that write the model's own log file, which tells whose server it is."""
+    from modelhost.control.servers import server_log  # the platform's name for a model's log
+
+    model_log = str(server_log(platform.home.resolve() / "logs", name))
+    found = []
+    for pid in all_model_servers(platform):
+        with contextlib.suppress(OSError):  # gone meanwhile
+            if any(os.readlink(fd) == model_log for fd in Path(f"/proc/{pid}/fd").iterdir()):
+                found.append(pid)
+    return found
+
+
+def _command(pid: str) -> list[bytes]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+
+
+def _parent(pid: str) -> str:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[1]
 
 
 def signal_server(pid: int, sig: signal.Signals) -> None:

@@ -18,7 +18,7 @@ import httpx
 import mlflow
 import pytest
 from sklearn.linear_model import LogisticRegression
-from support import ONE_ROW, Platform, eventually
+from support import FORK_SERVER, ONE_ROW, Platform, all_model_servers, eventually
 
 from modelhost.config import UpSettings
 
@@ -75,7 +75,7 @@ def victim(platform, client, iris) -> int:
         )  # fmt: skip
     serve(client, VICTIM)
     assert client.post(f"/model/{VICTIM}/1/invocations", json=ONE_ROW).status_code == 200
-    [server] = model_servers(platform)
+    [server] = all_model_servers(platform)
     return server
 
 
@@ -91,7 +91,7 @@ def intruder(platform, client, victim) -> int:
             registered_model_name=INTRUDER,
         )
     serve(client, INTRUDER)
-    [server] = [pid for pid in model_servers(platform) if pid != victim]
+    [server] = [pid for pid in all_model_servers(platform) if pid != victim]
     return server
 
 
@@ -161,20 +161,6 @@ def test_only_the_gateways_user_may_enter_the_sockets_folder_and_the_home(platfo
 # --- what root sees of the platform's processes
 
 
-def model_servers(platform: Platform) -> list[int]:
-    """Process ids of the platform's model servers."""
-    found = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            command = (proc / "cmdline").read_bytes().split(b"\0")
-            environ = (proc / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if platform.marker.encode() in environ and command[2:4] == [b"modelhost", b"worker"]:
-            found.append(int(proc.name))
-    return found
-
-
 def ids(pid: int) -> dict[str, set[int]]:
     """The Uid, Gid and Groups lines of /proc/<pid>/status, as sets."""
     lines = Path(f"/proc/{pid}/status").read_text().splitlines()
@@ -212,3 +198,22 @@ def tcp_listeners() -> set[str]:
             if fields[3] == "0A":
                 inodes.add(fields[9])
     return inodes
+
+
+def test_a_server_forked_as_root_keeps_nothing_of_its_fork_server(victim, intruder):
+    # The victim runs in modelhost's own environment: forked by its fork server (root's).
+    fork_server = parent_of(victim)
+    assert FORK_SERVER in command_of(fork_server)
+    assert ids(fork_server)["Uid"] == {0}
+    # The fork server's line to `up` (which may ask it for servers as root) was closed.
+    assert socket_inodes(victim).isdisjoint(socket_inodes(fork_server))
+    # A built environment holds what model code chose: its server starts afresh.
+    assert FORK_SERVER not in command_of(parent_of(intruder))
+
+
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def command_of(pid: int) -> list[bytes]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")

@@ -15,7 +15,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 from sklearn.linear_model import LogisticRegression
-from support import ONE_ROW, Platform, cli, eventually
+from support import ONE_ROW, Platform, cli, eventually, model_servers
 
 API = "/api/2.0/preview/mlflow/endpoints"
 
@@ -114,13 +114,10 @@ def test_a_failed_version_and_a_dead_model_server_leave_the_rest_serving(
     assert "Loading version 1" in logs_of_1 and "Version 1 is ready" in logs_of_1
     assert "Version 2" not in logs_of_1 and "Traceback" not in logs_of_1
 
-    worker = subprocess.run(
-        ["pgrep", "-P", str(platform.process.pid), "-f", "modelhost worker"],
-        capture_output=True, text=True,
-    ).stdout.split()  # fmt: skip
+    worker = model_servers(platform, name)
     assert len(worker) == 1
     for pid in worker:
-        os.kill(int(pid), signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)
     down = client.post(f"/model/{name}/1/invocations", json=ONE_ROW)
     assert down.status_code == 503  # never a hang
     assert down.headers["retry-after"]

@@ -264,6 +264,14 @@ def serve(**options: object) -> None:
     type=click.IntRange(min=1),
     help="Batch jobs that run at once; jobs submitted past it wait, PENDING, in turn.",
 )
+@click.option(
+    "--fork-servers/--no-fork-servers",
+    default=UpSettings.fork_servers,
+    show_default=True,
+    envvar="MODELHOST_FORK_SERVERS",
+    help="Fork model servers from a process that has imported what they need (they start in "
+    "a fraction of a second and share that memory), or start each as a fresh process.",
+)
 def up(**options: object) -> None:
     """Run modelhost: the MLflow registry and the gateway in front of it, on one port."""
     from modelhost.preflight import SetupError, preflight

@@ -82,6 +82,7 @@ class UpSettings:
     max_artifact_mb: float = 1024.0  # the largest artifact file one upload may write
     batch_root: Path | None = None  # batch jobs read and write only here; None: <home>/batch
     batch_jobs: int = 2  # batch jobs running at once; more wait, PENDING
+    fork_servers: bool = True  # model servers fork from a process that imported what they need
 
     @property
     def batch_folder(self) -> Path:

@@ -18,8 +18,10 @@ from pathlib import Path
 import httpx
 import mlflow
 import pytest
+from support import FORK_SERVER
 
 from modelhost.control.environments import Environment
+from modelhost.control.forkserver import ForkServers
 from modelhost.control.isolation import Isolation
 from modelhost.control.local import LocalSupervisor
 from modelhost.control.settings import Runtime
@@ -44,16 +46,35 @@ def escaping(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(params=["fresh", "forked"])
+def start(request) -> str:
+    """How servers start: each a fresh process, or forked by a fork server."""
+    return request.param
+
+
 class Watched:
     """A supervisor with what it reported, for one test."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, start: str) -> None:
         self.events: list[str] = []
         self.sockets = Path(tempfile.mkdtemp(prefix="modelhost-test-"))
+        isolation = Isolation(home, None)
+        self.forks = ForkServers(isolation, home / "logs", enabled=start == "forked")
         self.supervisor = LocalSupervisor(
-            Isolation(home, None), home / "logs", ["--timeout", "5"], self.sockets,
+            isolation, home / "logs", ["--timeout", "5"], self.sockets,
             lambda name, message, version=None: self.events.append(message), lambda: None,
+            self.forks,
         )  # fmt: skip
+
+    async def close(self) -> None:
+        await self.supervisor.close()
+        await asyncio.to_thread(self.forks.close)
+
+    def check_started(self, pid: int) -> None:
+        """The server of `pid` started as asked: forked by the fork server, or afresh."""
+        parent = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+        forked = FORK_SERVER in Path(f"/proc/{parent}/cmdline").read_bytes().split(b"\0")
+        assert forked == self.forks.enabled, f"server {pid}'s parent is {parent}"
 
     async def until(self, check, what: str, timeout_s: float = 90):
         """Wait until `check(view of KEY)` holds, looking every 50 ms."""
@@ -84,7 +105,7 @@ def pid_of(view) -> int:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"worker" in cmdline and b"--fd" in cmdline:
+        if (b"worker" in cmdline or FORK_SERVER in cmdline) and b"--fd" in cmdline:
             for fd in Path(f"/proc/{pid}/fd").iterdir():
                 try:
                     target = os.readlink(fd)
@@ -109,10 +130,10 @@ def run(coroutine):
 
 
 def test_a_server_is_started_told_what_to_hold_and_replaced_when_killed_or_hung(
-    tmp_path, saved_model
+    tmp_path, saved_model, start
 ):
     async def scenario():
-        watched = Watched(tmp_path)
+        watched = Watched(tmp_path, start)
         supervisor = watched.supervisor
         here = Environment("here", Path(sys.executable), built=False)
         try:
@@ -121,6 +142,7 @@ def test_a_server_is_started_told_what_to_hold_and_replaced_when_killed_or_hung(
             supervisor.hold(KEY, "1", "models:/iris/1", saved_model)
             assert supervisor.view()[KEY].versions["1"].state is HeldState.LOADING
             first = await watched.ready()
+            watched.check_started(pid_of(first))
 
             os.kill(pid_of(first), signal.SIGKILL)
             await watched.until(lambda v: v.health is not Health.UP, "seen down")
@@ -132,6 +154,7 @@ def test_a_server_is_started_told_what_to_hold_and_replaced_when_killed_or_hung(
             supervisor.hold(KEY, "1", "models:/iris/1", saved_model)
             second = await watched.ready()
             hung = pid_of(second)
+            watched.check_started(hung)
             os.kill(hung, signal.SIGSTOP)
             try:
                 marked = await watched.until(
@@ -147,15 +170,15 @@ def test_a_server_is_started_told_what_to_hold_and_replaced_when_killed_or_hung(
             assert any("did not answer its health checks for 3 s; killing it" in e
                        for e in watched.events)  # fmt: skip
         finally:
-            await supervisor.close()
+            await watched.close()
         assert not list(watched.sockets.iterdir())  # every socket removed with its server
 
     run(scenario())
 
 
-def test_a_server_whose_batcher_died_says_so_and_is_replaced(tmp_path, escaping):
+def test_a_server_whose_batcher_died_says_so_and_is_replaced(tmp_path, escaping, start):
     async def scenario():
-        watched = Watched(tmp_path)
+        watched = Watched(tmp_path, start)
         supervisor = watched.supervisor
         try:
             supervisor.start(ServerSpec("iris", Environment("here", Path(sys.executable), False)))
@@ -168,7 +191,7 @@ def test_a_server_whose_batcher_died_says_so_and_is_replaced(tmp_path, escaping)
             second = await watched.until(lambda v: v.health is Health.UP, "up again")
             assert second.address.number != first.address.number
         finally:
-            await supervisor.close()
+            await watched.close()
 
     run(scenario())
 

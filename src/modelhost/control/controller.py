@@ -20,12 +20,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 from modelhost.config import UpSettings
 from modelhost.control.desired import DesiredReader
+from modelhost.control.environments import Environment
 from modelhost.control.events import EventLog
+from modelhost.control.forkserver import ForkServers
 from modelhost.control.isolation import Isolation
 from modelhost.control.local import LocalSupervisor
 from modelhost.control.placement import Preparer
@@ -45,7 +48,7 @@ from modelhost.control.routes import RouteBoard, frozen
 from modelhost.control.servers import server_log
 from modelhost.control.settings import platform_defaults
 from modelhost.control.store import StateStore
-from modelhost.control.supervisor import Supervisor
+from modelhost.control.supervisor import CURRENT, Supervisor
 
 log = logging.getLogger("modelhost.controller")
 
@@ -75,9 +78,11 @@ class Controller:
         )
         # The same for every server; each also gets its model's runtime (control/settings.py).
         worker_options = ["--max-body-mb", str(settings.max_body_mb)]
+        self.forks = ForkServers(isolation, self.logs, settings.fork_servers)
         self.supervisor: Supervisor = LocalSupervisor(
-            isolation, self.logs, worker_options, self.sockets, self.events.record, self._replan
-        )
+            isolation, self.logs, worker_options, self.sockets, self.events.record, self._replan,
+            self.forks,
+        )  # fmt: skip
         self._wake = asyncio.Event()
 
     def log_path(self, name: str) -> Path:
@@ -92,6 +97,10 @@ class Controller:
         self._wake.set()
 
     async def run(self) -> None:
+        # modelhost's own environment's fork server imports while the registry is read.
+        own = self.forks.of(Environment(CURRENT, Path(sys.executable), built=False))
+        if own is not None:
+            await asyncio.to_thread(own.start)
         reading = asyncio.create_task(self.desired.run(), name="desired")
         loop = asyncio.get_running_loop()
         try:
@@ -137,5 +146,6 @@ class Controller:
     async def stop(self) -> None:
         self.preparer.stop()
         await self.supervisor.close()
+        await asyncio.to_thread(self.forks.close)
         await asyncio.to_thread(self.events.close)
         shutil.rmtree(self.sockets, ignore_errors=True)

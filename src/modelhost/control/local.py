@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 import httpx
 
+from modelhost.control.forkserver import ForkServers
 from modelhost.control.isolation import Isolation
 from modelhost.control.plan import describe
 from modelhost.control.routes import ServerAddress, frozen
@@ -74,8 +75,10 @@ class LocalSupervisor:
         sockets: Path,
         record: Record,
         changed: Callable[[], None],
+        forks: ForkServers | None = None,
     ) -> None:
         self.isolation = isolation
+        self.forks = forks  # where servers fork from; None: each starts afresh
         self.logs = logs
         self.options = options  # `modelhost worker` flags for every server (and its runtime's)
         self.sockets = sockets
@@ -146,8 +149,9 @@ class LocalSupervisor:
         while True:
             options = [*self.options, *server.spec.runtime.worker_options()]
             process = ModelServerProcess(
-                name, server.spec.environment, self.isolation, self.logs, options, self.sockets
-            )
+                name, server.spec.environment, self.isolation, self.logs, options, self.sockets,
+                self.forks,
+            )  # fmt: skip
             server.process, server.versions = process, {}
             self._show(server, Health.STARTING, "Starting its model server.")
             again = f" again (restart {restarts})" if restarts else ""
@@ -199,7 +203,7 @@ class LocalSupervisor:
                     silent_since = silent_since or now
                     if now - silent_since >= HUNG_AFTER_S:
                         return f"did not answer its health checks for {HUNG_AFTER_S:g} s"
-                await asyncio.sleep(QUICK_PING_S)
+                await process.exited(QUICK_PING_S)
                 continue
             silent_since = None
             if answer.status_code != 200:
@@ -211,7 +215,7 @@ class LocalSupervisor:
             elif changed:
                 self.changed()
             loading = any(h.state is HeldState.LOADING for h in server.versions.values())
-            await asyncio.sleep(QUICK_PING_S if loading else PING_S)
+            await process.exited(QUICK_PING_S if loading else PING_S)
 
     @staticmethod
     def _update(server: _Server, reported: list[dict]) -> bool:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import hashlib
 import itertools
+import logging
 import os
 import re
 import shutil
@@ -23,8 +24,11 @@ from pathlib import Path
 import httpx
 
 from modelhost.control.environments import Environment
+from modelhost.control.forkserver import Forked, ForkServers, ForkServerUnavailable
 from modelhost.control.isolation import Isolation
 from modelhost.processes import stop_group
+
+log = logging.getLogger("modelhost.controller")
 
 
 def server_log(logs: Path, name: str) -> Path:
@@ -76,6 +80,7 @@ class ModelServerProcess:
         logs: Path,
         options: list[str],
         sockets: Path,
+        forks: ForkServers | None = None,
     ) -> None:
         self.name = name
         self.environment = environment
@@ -84,8 +89,10 @@ class ModelServerProcess:
         self.options = options  # `modelhost worker` flags
         self.number = next(_numbers)  # names its socket; the routes' and the gateway's key
         self.socket = socket_path(sockets, self.number)
+        self.forks = forks  # where it forks from, if its environment has a fork server
         self.scratch: Path | None = None  # as the model user: its only writable folder
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: subprocess.Popen[bytes] | Forked | None = None
+        self._pidfd: int | None = None  # readable once the process has exited
         # Its control calls: health checks, and which versions to hold.
         self.client = httpx.AsyncClient(
             transport=httpx.AsyncHTTPTransport(uds=str(self.socket)),
@@ -104,19 +111,47 @@ class ModelServerProcess:
         self.scratch = self.isolation.scratch(str(self.number), group)
         if self.scratch is not None:  # HOME and TMPDIR no other model can read or write
             env.update(HOME=str(self.scratch), TMPDIR=str(self.scratch))
-        python = str(self.environment.python)
+        options = self.isolation.process_options(group, extra_groups)
+        fork_server = self.forks.of(self.environment) if self.forks is not None else None
         self.isolation.let_through()
         listener = bind_socket(self.socket)
         # The log is opened here, as the gateway's user, so the model's needs no logs folder.
         with listener, open(self.log_path, "ab") as output:
+            if fork_server is not None:
+                try:
+                    self.process = fork_server.fork(
+                        self.options, env, self.scratch, options, listener, output.fileno(),
+                        title=f"mh {self.name}",
+                    )  # fmt: skip
+                    self._pidfd = self.process.pidfd
+                    return
+                except ForkServerUnavailable as e:
+                    log.warning("The model server of %s starts afresh: %s", self.name, e)
             self.process = subprocess.Popen(
-                [python, "-m", "modelhost", "worker", "--fd", str(listener.fileno()),
-                 *self.options],
+                [str(self.environment.python), "-m", "modelhost", "worker",
+                 "--fd", str(listener.fileno()), *self.options],
                 stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=env, start_new_session=True, pass_fds=(listener.fileno(),),
-                cwd=self.scratch,
-                **self.isolation.process_options(group, extra_groups),
+                cwd=self.scratch, **options,
             )  # fmt: skip
+            self._pidfd = os.pidfd_open(self.process.pid)
+
+    async def exited(self, timeout: float) -> bool:
+        """Wait up to `timeout` for the process to exit; whether it has (at once when it does,
+        so a server that died is replaced without waiting for its next health check)."""
+        if self._pidfd is None:
+            return not self.alive()
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        loop.add_reader(self._pidfd, lambda: done.done() or done.set_result(True))
+        try:
+            async with asyncio.timeout(timeout):
+                await done
+        except TimeoutError:
+            pass
+        finally:
+            loop.remove_reader(self._pidfd)
+        return done.done()
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -130,6 +165,11 @@ class ModelServerProcess:
         await self.client.aclose()
         if self.process is not None:
             await asyncio.to_thread(stop_group, self.process, grace_s)
+        if isinstance(self.process, Forked):
+            self.process.close()  # its pidfd, ours
+        elif self._pidfd is not None:
+            os.close(self._pidfd)
+        self._pidfd = None
         self.socket.unlink(missing_ok=True)
         if self.scratch is not None:
             shutil.rmtree(self.scratch, ignore_errors=True)
