@@ -213,8 +213,8 @@ def report(results: list[Density], forked_available: bool) -> None:
         projected = fresh.projected_bytes(TARGET_MODELS) / 1024**3
         print(
             f"\n  fresh processes, projected to {TARGET_MODELS} models: {projected:.1f} GB"
-            f" (measured on {fresh.models}: {TARGET_MODELS} fresh model servers do not fit in"
-            " this machine's memory beside the forked run)"
+            f" (measured on {fresh.models}:\n  {TARGET_MODELS} fresh model servers would not fit"
+            " in this machine's memory beside the forked run)"
         )
     if forked and fresh:
         ratio = fresh.per_model_bytes / forked.per_model_bytes
