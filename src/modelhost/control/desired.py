@@ -9,16 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
 
 from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.store.entities.paged_list import PagedList
 
 from modelhost.control.plan import DesiredModel
 from modelhost.control.routes import frozen
-from modelhost.control.settings import Runtime, ServingSettings
+from modelhost.control.settings import ServingSettings
 from modelhost.control.store import StateStore
 
 log = logging.getLogger("modelhost.controller")
+T = TypeVar("T")
+# Characters of the names in one search filter: MLflow's REST client sends it in the URL, and
+# servers refuse request lines past a few kilobytes.
+FILTER_CHARS = 2000
+MODELS_PER_PAGE = 1000  # the most MLflow returns in one page of registered models
+VERSIONS_PER_PAGE = 10_000  # MLflow's own page of model versions
 
 
 class DesiredReader:
@@ -62,17 +73,19 @@ class DesiredReader:
 
     def read(self) -> dict[str, DesiredModel]:
         """On a thread: every served model as it should be served now."""
+        served = self.store.served()
+        found, failures = self._read_registry(list(served))
         desired = {}
-        for name, stored in self.store.served().items():
+        for name, stored in served.items():
             settings = self.defaults.with_set(stored)
             manager, runtime = settings.env_manager, settings.runtime
             known = self.latest.get(name)
-            try:
-                desired[name] = self._read_model(name, manager, runtime)
-            except Exception as e:
+            registered = found.get(name)
+            if registered is None:
                 if name not in self._unreadable:
                     self._unreadable.add(name)
-                    log.warning("Could not read %s from the registry: %s", name, e)
+                    why = failures.get(name, "it is not in the registry")
+                    log.warning("Could not read %s from the registry: %s", name, why)
                 if known is None:
                     desired[name] = DesiredModel(name, manager, runtime=runtime)
                 else:  # serve on what was known, with the settings as they are now
@@ -80,22 +93,106 @@ class DesiredReader:
                         name, manager, known.versions, known.aliases, known.identities, runtime
                     )
             else:
+                desired[name] = DesiredModel(
+                    name,
+                    manager,
+                    registered.versions,
+                    registered.aliases,
+                    registered.identities,
+                    runtime,
+                )
                 if name in self._unreadable:
                     self._unreadable.discard(name)
                     log.info("Read %s from the registry again.", name)
         return desired
 
-    def _read_model(self, name: str, manager: str, runtime: Runtime) -> DesiredModel:
-        quoted = name.replace("'", "\\'")
-        found = [
-            v
-            for v in self.registry.search_model_versions(f"name = '{quoted}'")
-            if v.current_stage != "Archived" and v.status in (None, "READY")
-        ]
-        versions = {v.version: v.current_stage or "None" for v in found}
-        identities = {v.version: f"{v.source} {v.creation_timestamp}" for v in found}
-        aliases = dict(self.registry.get_registered_model(name).aliases or {})
-        served_aliases = {a: str(v) for a, v in aliases.items() if str(v) in versions}
-        return DesiredModel(
-            name, manager, frozen(versions), frozen(served_aliases), frozen(identities), runtime
+    def _read_registry(self, names: list[str]) -> tuple[dict[str, Registered], dict[str, str]]:
+        """What the registry holds of each of `names`, and why any other was not read."""
+        # A few searches for all the names, not two calls a model: a hundred served models
+        # read one by one every second kept the registry busy on half a core.
+        found: dict[str, Registered] = {}
+        failures: dict[str, str] = {}
+        todo = list(_chunks(names))
+        while todo:
+            chunk = todo.pop()
+            try:
+                found.update(self._read_chunk(chunk))
+            except MlflowException as e:
+                if e.error_code == "INVALID_PARAMETER_VALUE" and len(chunk) > 1:
+                    # A name this registry's filters cannot say refuses the whole search:
+                    # read each alone, so that only that name goes unread.
+                    todo.extend([name] for name in chunk)
+                else:
+                    failures.update(dict.fromkeys(chunk, str(e)))
+            except Exception as e:  # the registry away: every name of the chunk unread
+                failures.update(dict.fromkeys(chunk, str(e)))
+        return found, failures
+
+    def _read_chunk(self, names: list[str]) -> dict[str, Registered]:
+        among = f"name IN ({', '.join(_quoted(name) for name in names)})"
+        versions: dict[str, list[ModelVersion]] = {name: [] for name in names}
+        for version in _all_pages(
+            lambda token: self.registry.search_model_versions(
+                among,
+                max_results=VERSIONS_PER_PAGE,
+                order_by=["name ASC", "version_number ASC"],
+                page_token=token,
+            )
+        ):
+            if version.current_stage != "Archived" and version.status in (None, "READY"):
+                versions.setdefault(version.name, []).append(version)
+        # Versions carry no aliases in a search; their registered models do.
+        models = _all_pages(
+            lambda token: self.registry.search_registered_models(
+                among, max_results=MODELS_PER_PAGE, page_token=token
+            )
         )
+        return {
+            m.name: _registered(versions[m.name], m.aliases) for m in models if m.name in versions
+        }
+
+
+@dataclass(frozen=True)
+class Registered:
+    """What the registry holds of one served model: its servable versions and their aliases."""
+
+    versions: Mapping[str, str]  # version -> stage
+    aliases: Mapping[str, str]  # alias -> version, only aliases of servable versions
+    identities: Mapping[str, str]  # version -> what its artifacts are (source, time)
+
+
+def _registered(found: list[ModelVersion], aliases: dict[str, str] | None) -> Registered:
+    versions = {str(v.version): v.current_stage or "None" for v in found}
+    identities = {str(v.version): f"{v.source} {v.creation_timestamp}" for v in found}
+    served_aliases = {a: str(v) for a, v in (aliases or {}).items() if str(v) in versions}
+    return Registered(frozen(versions), frozen(served_aliases), frozen(identities))
+
+
+def _quoted(name: str) -> str:
+    """`name` as a string of an MLflow search filter."""
+    return "'" + name.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _chunks(names: list[str]) -> Iterator[list[str]]:
+    """`names` in groups whose filter stays short: it travels in a URL, which servers cap."""
+    chunk: list[str] = []
+    length = 0
+    for name in names:
+        size = len(_quoted(name)) + 2
+        if chunk and length + size > FILTER_CHARS:
+            yield chunk
+            chunk, length = [], 0
+        chunk.append(name)
+        length += size
+    if chunk:
+        yield chunk
+
+
+def _all_pages(search: Callable[[str | None], PagedList[T]]) -> Iterator[T]:
+    token = None
+    while True:
+        page = search(token)
+        yield from page
+        token = page.token
+        if not token:
+            return
