@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 
 from mlflow import MlflowClient
 
@@ -83,6 +84,7 @@ class DesiredReader:
                 if name in self._unreadable:
                     self._unreadable.discard(name)
                     log.info("Read %s from the registry again.", name)
+            desired[name] = replace(desired[name], scale_to_zero_after=settings.scale_to_zero_after)
         return desired
 
     def _read_model(self, name: str, manager: str, runtime: Runtime) -> DesiredModel:
