@@ -531,3 +531,26 @@ def test_a_sleeping_model_prepares_a_new_version_and_forgets_an_archived_one():
     routes = planned.routes.models["m"]
     assert routes.state is EndpointState.SCALED_TO_ZERO
     assert set(routes.versions) == {"2"} and routes.resolve("Production") == "2"
+
+
+def test_a_wake_up_slower_than_the_setting_is_not_taken_for_idleness():
+    want = desired(sleepy(10, v1="None"))
+    world = actual(prepared("1"), server(v1=HeldState.READY))
+    awake = plan(want, world, RouteTable(), now=0)
+    slept = plan(want, world, awake.routes, now=10).routes
+    quiet = actual(prepared("1"))
+    slept = plan(want, quiet, slept, now=11).routes
+    waking = plan(want, with_requests(quiet, m=50), slept, now=50).routes
+    starting = actual(prepared("1"), server(v1=HeldState.LOADING))
+    loading = plan(want, with_requests(starting, m=50), waking, now=70).routes
+    assert loading.models["m"].state is EndpointState.PENDING
+
+    # Ready 21 s after the request: it is published ready and stays up for its 10 s from now.
+    up = actual(prepared("1"), server(v1=HeldState.READY))
+    ready = plan(want, with_requests(up, m=50), loading, now=71)
+    assert ready.routes.models["m"].state is EndpointState.READY
+    assert events(ready.actions) == ["Version 1 is ready."]
+    later = plan(want, with_requests(up, m=50), ready.routes, now=79)
+    assert later.routes.models["m"].state is EndpointState.READY
+    again = plan(want, with_requests(up, m=50), later.routes, now=80)
+    assert again.routes.models["m"].state is EndpointState.SCALED_TO_ZERO

@@ -16,8 +16,8 @@ The rules, per served model:
   with the new runtime starts beside each old one; each version's route stays on the old server
   until the new one holds it ready, and an old server stops once no version needs it and no
   published route points at it (so requests already on their way there finish);
-- a model with `scale_to_zero_after` that is ready, loads nothing, and got no request for that
-  long falls asleep: its routes point at no server from then on, and at the next plan its
+- a model with `scale_to_zero_after` that has been ready, loading nothing, and got no request
+  for that long falls asleep: its routes point at no server from then on, and at the next plan its
   servers stop (so requests already on their way there finish first); its preparations stay, so
   a request after that (the gateway notes each in `Actual.last_request`) wakes it with no fetch.
 """
@@ -227,13 +227,21 @@ def _plan_model(
     _record_moves(name, runtime, servers, before_versions, routes, actions)
     refs = _refs(model, routes, before.refs if before else EMPTY)
     state, message = _endpoint_state(servers, routes)
+    settled = (
+        state is EndpointState.READY
+        and bool(routes)
+        and all(route.state is not VersionState.PENDING for route in routes.values())
+    )
+    if not settled:
+        since = now  # idle time counts once it is ready (a slow wake-up is not idleness)
     after = model.scale_to_zero_after
     idle_since = since if last_request is None else max(since, last_request)
     if (
         after is not None
-        and state is EndpointState.READY
-        and routes
-        and all(route.state is not VersionState.PENDING for route in routes.values())
+        and settled
+        # A table that routes to it has been published: requests waiting for it get through.
+        and before is not None
+        and before.state is EndpointState.READY
         and now - idle_since >= after
     ):
         message = f"Asleep after {after:g} s without requests; the next request wakes it."

@@ -102,17 +102,17 @@ class ServingControl:
             routes is not None and routes.state is EndpointState.SCALED_TO_ZERO
         )
 
-    async def wake(self, name: str, ref: str, timeout_s: float) -> float:
-        """Wake sleeping model `name` for a request to `ref` (a version, stage or alias) and wait,
-        at most `timeout_s`, for `ref`'s route to be ready; the milliseconds the wake-up has
-        taken then. NotFound if the model has no `ref` (it stays asleep); NotReady on timeout.
-        Requests that come while it wakes wait for the same wake-up."""
+    async def wake(self, name: str, ref: str, timeout_s: float) -> float | None:
+        """Wake sleeping model `name` for a request to `ref` (a version, stage or alias) and
+        wait, at most `timeout_s`, for `ref`'s route to be ready; the milliseconds the wake-up
+        has taken then (None if it was awake after all). NotFound if the model has no `ref` (it
+        stays asleep); NotReady on timeout. Requests that come while it wakes share its wake-up."""
         loop = asyncio.get_running_loop()
         waking = self._waking.get(name)
         if waking is None:
             asleep = self.board.table.models.get(name)
             if asleep is None or asleep.state is not EndpointState.SCALED_TO_ZERO:
-                return 0.0  # awake meanwhile (or turned off): routing says what follows
+                return None  # awake meanwhile (or turned off): routing says what follows
             if asleep.resolve(ref) is None:
                 raise NotFound(f"No served model '{name}' with a version, stage or alias '{ref}'.")
             started = loop.time()
@@ -136,23 +136,32 @@ class ServingControl:
     async def _woken(self, name: str, started: float) -> None:
         """Follow a wake-up until the model is ready (then say how long it took) or cannot be."""
         try:
+            woke = await self._awake(name)
+        finally:  # requests from now on are answered as any other
+            if (waking := self._waking.get(name)) is not None and waking.started == started:
+                del self._waking[name]
+        if woke:
+            took = (asyncio.get_running_loop().time() - started) * 1000
+            try:
+                await self._record(name, f"Woke up for a request in {took:.0f} ms.", None)
+            except Exception:  # the database away: the requests were answered all the same
+                log.exception("Could not record the wake-up of %s", name)
+
+    async def _awake(self, name: str) -> bool:
+        """Whether sleeping model `name`, being woken, is ready (False: turned off, failed, or
+        still not ready after WAKE_WATCHED_S; its own events say why)."""
+        try:
             async with asyncio.timeout(WAKE_WATCHED_S):
                 while True:
                     routes = self.board.table.models.get(name)
                     if routes is None or routes.state is EndpointState.FAILED:
-                        return  # turned off, or failed: its own events say so
+                        return False
                     if routes.state is EndpointState.READY:
-                        break
+                        return True
                     await self.board.next_table()
-            took = (asyncio.get_running_loop().time() - started) * 1000
-            del self._waking[name]  # awake: requests from now on are answered as any other
-            await self._record(name, f"Woke up for a request in {took:.0f} ms.", None)
         except TimeoutError:
             log.warning("%s did not wake up within %g s of a request.", name, WAKE_WATCHED_S)
-        except Exception:  # the database away: the request was answered all the same
-            log.exception("Could not record the wake-up of %s", name)
-        finally:
-            self._waking.pop(name, None)
+            return False
 
     async def served(self) -> dict[str, ServingSettings]:
         """Each served model's settings, by name, oldest enabled first: one query for all."""

@@ -175,7 +175,8 @@ class Gateway:
             # Auth has let this caller read the model (auth/middleware.py): only then may it wake.
             if self.control.sleeping(name):
                 woke_ms = await self.control.wake(name, ref, timeout_s)
-                cold_start = ((b"x-modelhost-cold-start-ms", b"%d" % round(woke_ms)),)
+                if woke_ms is not None:
+                    cold_start = ((b"x-modelhost-cold-start-ms", b"%d" % round(woke_ms)),)
             version, server = self._route(name, ref)
             self.control.requested(name)  # not idle: it stays awake
             pool = self._pools.get(server.number) or self._pool(server)
