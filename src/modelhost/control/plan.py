@@ -244,9 +244,9 @@ def _plan_model(
         and before.state is EndpointState.READY
         and now - idle_since >= after
     ):
-        message = f"Asleep after {after:g} s without requests; the next request wakes it."
-        actions.append(Record(name, message))
-        return _sleeping(model, now)  # its servers stop at the next plan
+        asleep = _sleeping(model, now)  # its servers stop at the next plan
+        actions.append(Record(name, asleep.message))
+        return asleep
     return ModelRoutes(state, message, manager, frozen(routes), frozen(refs), runtime, since)
 
 

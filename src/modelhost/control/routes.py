@@ -74,8 +74,8 @@ class ModelRoutes:
     refs: Mapping[str, str] = field(default_factory=empty)  # stage or alias -> a ready version
     # What its model servers run with; its timeout_s bounds its requests at the gateway too.
     runtime: Runtime = field(default_factory=Runtime)
-    # When (the controller's clock) it was first planned, last woke, or fell asleep: awake,
-    # it has been idle since the later of this and its last request.
+    # When (the controller's clock) it last became ready with nothing loading, or fell asleep:
+    # awake, it has been idle since the later of this and its last request.
     since: float = 0.0
 
     def resolve(self, ref: str) -> str | None:
