@@ -199,8 +199,9 @@ def test_bad_values_get_400_saying_what_fits_and_null_turns_it_off(platform):
     assert said.returncode == 1 and "scale_to_zero_after must be" in said.stderr
 
     # Set, then turned off with null: the model without it never sleeps, and events say so.
-    assert call(platform, "update-settings", registered_model_name=AWAKE,
-                scale_to_zero_after=600).status_code == 200  # fmt: skip
+    said = modelhost(platform.url, platform.admin, "serving", "settings", AWAKE,
+                     "--scale-to-zero-after", "600")  # fmt: skip
+    assert said.stdout == f"scale_to_zero_after of {AWAKE} is 600.\n", said.stderr
     assert call(platform, "update-settings", registered_model_name=AWAKE,
                 scale_to_zero_after=None).status_code == 200  # fmt: skip
     settings = call(platform, "get-status", registered_model_name=AWAKE).json()["endpoint_status"][
@@ -210,5 +211,8 @@ def test_bad_values_get_400_saying_what_fits_and_null_turns_it_off(platform):
     said = events(platform, AWAKE)
     assert any(e.endswith("scale_to_zero_after 600 s → off.") for e in said), said
     assert any(e.endswith("scale_to_zero_after off → 600 s.") for e in said), said
+    off = modelhost(platform.url, platform.admin, "serving", "settings", AWAKE,
+                    "--scale-to-zero-after", "off")  # fmt: skip
+    assert off.stdout == f"scale_to_zero_after of {AWAKE} is off.\n", off.stderr
     spec = httpx.get(f"{platform.url}/openapi.json", headers=platform.headers["admin"]).text
     assert '"scale_to_zero_after":{"type":["number","null"],"minimum":1.0' in spec
