@@ -8,9 +8,9 @@ its last known value, so a registry that is away stops no model from serving.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
-from dataclasses import replace
 
 from mlflow import MlflowClient
 
@@ -84,7 +84,9 @@ class DesiredReader:
                 if name in self._unreadable:
                     self._unreadable.discard(name)
                     log.info("Read %s from the registry again.", name)
-            desired[name] = replace(desired[name], scale_to_zero_after=settings.scale_to_zero_after)
+            desired[name] = dataclasses.replace(
+                desired[name], scale_to_zero_after=settings.scale_to_zero_after
+            )
         return desired
 
     def _read_model(self, name: str, manager: str, runtime: Runtime) -> DesiredModel:
