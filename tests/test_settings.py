@@ -108,6 +108,7 @@ def test_a_served_model_shows_the_platforms_defaults(client, served):
         "max_batch_size": 2048,
         "max_batch_delay_ms": 2,
         "timeout_s": UP_TIMEOUT_S,
+        "scale_to_zero_after": None,
         "tags": [],
     }
     listed = client.get(f"{API}/list").json()["endpoints"]

@@ -38,6 +38,23 @@ ENV_MANAGER_HELP = (
 
 
 F = TypeVar("F", bound=Callable[..., object])
+OFF = "off"
+
+
+class SecondsOrOff(click.ParamType):
+    """A number of seconds, or `off`; the gateway checks the bounds."""
+
+    name = "SECONDS|off"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float | str:
+        if isinstance(value, float) or value == OFF:
+            return value
+        try:
+            return float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is neither a number of seconds nor {OFF!r}.", param, ctx)
 
 
 def settings_options(command: F) -> F:
@@ -67,6 +84,12 @@ def settings_options(command: F) -> F:
                 "--timeout", "timeout_s", type=float, default=None,
                 help="Seconds a scoring request may take before it gets 504.  "
                 "[default: `modelhost up --timeout`]",
+            ),
+            click.option(
+                "--scale-to-zero-after", type=SecondsOrOff(), default=None,
+                help="Seconds without requests after which its model servers stop; the next "
+                "request wakes it (waiting at most its timeout). `off` keeps it awake.  "
+                "[default: off]",
             ),
             click.option(
                 "--tag", "tags", multiple=True, metavar="KEY=VALUE",
@@ -113,6 +136,8 @@ def settings(client: ApiClient, name: str, **options: object) -> None:
 
 def _said(name: str, key: str, value: object) -> str:
     """A setting as set: "workers of NAME is 2.", "tags of NAME: team=fraud."."""
+    if value is None:
+        return f"{key} of {name} is {OFF}."
     if isinstance(value, list):
         tags = ", ".join(f"{tag['key']}={tag['value']}" for tag in value)
         return f"{key} of {name}: {tags or 'none'}."
@@ -128,6 +153,8 @@ def _settings(client: ApiClient, name: str, options: dict[str, object]) -> dict[
     tags: tuple[str, ...] = options.pop("tags")  # type: ignore[assignment]
     removed: tuple[str, ...] = options.pop("removed_tags")  # type: ignore[assignment]
     fields = {key: value for key, value in options.items() if value is not None}
+    if fields.get("scale_to_zero_after") == OFF:
+        fields["scale_to_zero_after"] = None  # null turns it off
     if tags or removed:
         current = _current_tags(client, name)
         for tag in tags:

@@ -394,3 +394,163 @@ def test_new_tags_restart_nothing():
     before = plan(desired(model(v1="None")), world, RouteTable(), now=0).routes
     want = desired(dataclasses.replace(model(v1="None"), runtime=tagged.runtime))
     assert plan(want, world, before, now=1).actions == ()
+
+
+def sleepy(after: float | None = 10, **versions) -> DesiredModel:
+    """Model m with `scale_to_zero_after` (seconds; None: never sleeps)."""
+    return dataclasses.replace(model(**versions), scale_to_zero_after=after)
+
+
+def with_requests(world: Actual, **last: float) -> Actual:
+    return dataclasses.replace(world, last_request=last)
+
+
+def test_an_idle_model_falls_asleep_then_its_servers_stop_and_its_preparations_stay():
+    want = desired(sleepy(10, v1="Production", v2="None", aliases={"champion": "2"}))
+    world = actual(prepared("1"), prepared("2"), server(v1=HeldState.READY, v2=HeldState.READY))
+    awake = plan(want, world, RouteTable(), now=0)  # idle from its first plan
+    assert awake.routes.models["m"].state is EndpointState.READY
+
+    # A request at 5: idle from then on, so not asleep at 12.
+    still = plan(want, with_requests(world, m=5), awake.routes, now=12)
+    assert still.routes.models["m"].state is EndpointState.READY
+    assert still.actions == ()
+
+    # 10 s after its last request it falls asleep: no route points at a server from now on,
+    # and the servers stop at the next plan (requests already on their way finish first).
+    asleep = plan(want, with_requests(world, m=5), still.routes, now=15)
+    routes = asleep.routes.models["m"]
+    assert routes.state is EndpointState.SCALED_TO_ZERO
+    assert events(asleep.actions) == [
+        "Asleep after 10 s without requests; the next request wakes it."
+    ]
+    assert not of(StopServer, asleep.actions)
+    assert {v: (r.state, r.server) for v, r in routes.versions.items()} == {
+        "1": (VersionState.SCALED_TO_ZERO, None),
+        "2": (VersionState.SCALED_TO_ZERO, None),
+    }
+    assert asleep.routes.servers() == set()
+    # Its versions stay listed, and each stage and alias still names its version.
+    assert routes.resolve("production") == "1" and routes.resolve("champion") == "2"
+    assert routes.versions["1"].stages == ("Production",)
+
+    stopped = plan(want, with_requests(world, m=5), asleep.routes, now=16)
+    assert of(StopServer, stopped.actions) == [StopServer(("m", "current", RUNTIME))]
+    assert not of(Forget, stopped.actions) and not of(Prepare, stopped.actions)
+    assert events(stopped.actions) == []
+    # Asleep with no server: nothing more to do, however long it sleeps.
+    quiet = actual(prepared("1"), prepared("2"))
+    later = plan(want, with_requests(quiet, m=5), stopped.routes, now=10_000)
+    assert later.actions == ()
+    assert later.routes.models["m"].state is EndpointState.SCALED_TO_ZERO
+
+
+def test_a_request_wakes_a_sleeping_model_with_no_new_preparation():
+    want = desired(sleepy(10, v1="None"))
+    world = actual(prepared("1"), server(v1=HeldState.READY))
+    awake = plan(want, world, RouteTable(), now=0)
+    asleep = plan(want, world, awake.routes, now=10)
+    assert asleep.routes.models["m"].state is EndpointState.SCALED_TO_ZERO
+    quiet = actual(prepared("1"))
+    slept = plan(want, quiet, asleep.routes, now=11).routes
+
+    # A request at 50: it wakes, its server starts from the kept preparation.
+    waking = plan(want, with_requests(quiet, m=50), slept, now=50)
+    assert of(StartServer, waking.actions) == [StartServer(ServerSpec("m", HERE, RUNTIME))]
+    assert not of(Prepare, waking.actions)
+    routes = waking.routes.models["m"]
+    assert routes.state is EndpointState.PENDING
+    assert routes.versions["1"].state is VersionState.PENDING
+
+    up = actual(prepared("1"), server(v1=HeldState.READY))
+    ready = plan(want, with_requests(up, m=50), waking.routes, now=51)
+    assert ready.routes.models["m"].state is EndpointState.READY
+    assert ready.routes.models["m"].versions["1"].server == ServerAddress(1, "/sockets/1.sock")
+    # Idle from when it woke: awake 9 s later, asleep again 10 s later.
+    assert (
+        plan(want, with_requests(up, m=50), ready.routes, now=59).routes.models["m"].state
+        is EndpointState.READY
+    )
+    again = plan(want, with_requests(up, m=50), ready.routes, now=60)
+    assert again.routes.models["m"].state is EndpointState.SCALED_TO_ZERO
+
+
+def test_a_request_just_after_it_fell_asleep_finds_its_server_still_up():
+    want = desired(sleepy(10, v1="None"))
+    world = actual(prepared("1"), server(v1=HeldState.READY))
+    awake = plan(want, world, RouteTable(), now=0)
+    asleep = plan(want, world, awake.routes, now=10)
+    woken = plan(want, with_requests(world, m=10.5), asleep.routes, now=10.5)
+    assert not of(StopServer, woken.actions)
+    routes = woken.routes.models["m"]
+    assert routes.state is EndpointState.READY
+    assert routes.versions["1"].server == ServerAddress(1, "/sockets/1.sock")
+
+
+def test_a_model_without_the_setting_never_sleeps():
+    want = desired(sleepy(None, v1="None"))
+    world = actual(prepared("1"), server(v1=HeldState.READY))
+    before = plan(want, world, RouteTable(), now=0).routes
+    for now in (60, 3600, 10**7):
+        planned = plan(want, world, before, now=now)
+        assert planned.actions == ()
+        assert planned.routes.models["m"].state is EndpointState.READY
+        before = planned.routes
+
+
+def test_a_model_still_loading_a_version_does_not_sleep():
+    want = desired(sleepy(10, v1="None", v2="None"))
+    world = actual(prepared("1"), prepared("2"), server(v1=HeldState.READY, v2=HeldState.LOADING))
+    before = plan(want, world, RouteTable(), now=0).routes
+    planned = plan(want, world, before, now=100)
+    assert planned.routes.models["m"].state is EndpointState.READY
+    assert not events(planned.actions)
+
+
+def test_turning_the_setting_off_wakes_a_sleeping_model():
+    world = actual(prepared("1"), server(v1=HeldState.READY))
+    awake = plan(desired(sleepy(10, v1="None")), world, RouteTable(), now=0)
+    asleep = plan(desired(sleepy(10, v1="None")), world, awake.routes, now=10)
+    quiet = actual(prepared("1"))
+    slept = plan(desired(sleepy(10, v1="None")), quiet, asleep.routes, now=11).routes
+    woken = plan(desired(sleepy(None, v1="None")), quiet, slept, now=12)
+    assert of(StartServer, woken.actions)
+    assert woken.routes.models["m"].state is EndpointState.PENDING
+
+
+def test_a_sleeping_model_prepares_a_new_version_and_forgets_an_archived_one():
+    want = desired(sleepy(10, v1="None"))
+    world = actual(prepared("1"), server(v1=HeldState.READY))
+    awake = plan(want, world, RouteTable(), now=0)
+    asleep = plan(want, world, awake.routes, now=10).routes
+    moved = desired(sleepy(10, v2="Production"))
+    planned = plan(moved, actual(prepared("1")), asleep, now=20)
+    assert of(Prepare, planned.actions) == [Prepare("m", "2", "auto", "src 2")]
+    assert Forget(("m", "1", "auto")) in planned.actions
+    assert "Version 1 is no longer served." in events(planned.actions)
+    routes = planned.routes.models["m"]
+    assert routes.state is EndpointState.SCALED_TO_ZERO
+    assert set(routes.versions) == {"2"} and routes.resolve("Production") == "2"
+
+
+def test_a_wake_up_slower_than_the_setting_is_not_taken_for_idleness():
+    want = desired(sleepy(10, v1="None"))
+    world = actual(prepared("1"), server(v1=HeldState.READY))
+    awake = plan(want, world, RouteTable(), now=0)
+    slept = plan(want, world, awake.routes, now=10).routes
+    quiet = actual(prepared("1"))
+    slept = plan(want, quiet, slept, now=11).routes
+    waking = plan(want, with_requests(quiet, m=50), slept, now=50).routes
+    starting = actual(prepared("1"), server(v1=HeldState.LOADING))
+    loading = plan(want, with_requests(starting, m=50), waking, now=70).routes
+    assert loading.models["m"].state is EndpointState.PENDING
+
+    # Ready 21 s after the request: it is published ready and stays up for its 10 s from now.
+    up = actual(prepared("1"), server(v1=HeldState.READY))
+    ready = plan(want, with_requests(up, m=50), loading, now=71)
+    assert ready.routes.models["m"].state is EndpointState.READY
+    assert events(ready.actions) == ["Version 1 is ready."]
+    later = plan(want, with_requests(up, m=50), ready.routes, now=79)
+    assert later.routes.models["m"].state is EndpointState.READY
+    again = plan(want, with_requests(up, m=50), later.routes, now=80)
+    assert again.routes.models["m"].state is EndpointState.SCALED_TO_ZERO

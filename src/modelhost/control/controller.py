@@ -90,8 +90,10 @@ class Controller:
         return server_log(self.logs, name)
 
     def nudge(self) -> None:
-        """Read what should be served now (serving turned on or off, a setting changed)."""
+        """Read what should be served now (serving turned on or off, a setting changed), and
+        plan now (a request came for a sleeping model)."""
         self.desired.nudge()
+        self._replan()
 
     def _replan(self) -> None:
         self._wake.set()
@@ -120,8 +122,14 @@ class Controller:
 
     def step(self, now: float) -> None:
         """Plan from what is known now, publish the routes, set the actions going."""
-        actual = Actual(frozen(self.preparer.view()), frozen(self.supervisor.view()))
-        planned = plan(self.desired.latest, actual, self.board.table, now)
+        desired = self.desired.latest
+        last_request = self.board.last_request
+        for gone in last_request.keys() - desired.keys():  # serving turned off
+            del last_request[gone]
+        actual = Actual(
+            frozen(self.preparer.view()), frozen(self.supervisor.view()), frozen(dict(last_request))
+        )
+        planned = plan(desired, actual, self.board.table, now)
         self.board.publish(planned.routes)
         for action in planned.actions:
             self._carry_out(action)

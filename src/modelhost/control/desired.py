@@ -8,6 +8,7 @@ its last known value, so a registry that is away stops no model from serving.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -104,6 +105,9 @@ class DesiredReader:
                 if name in self._unreadable:
                     self._unreadable.discard(name)
                     log.info("Read %s from the registry again.", name)
+            desired[name] = dataclasses.replace(
+                desired[name], scale_to_zero_after=settings.scale_to_zero_after
+            )
         return desired
 
     def _read_registry(self, names: list[str]) -> tuple[dict[str, Registered], dict[str, str]]:

@@ -15,7 +15,11 @@ The rules, per served model:
 - when what its servers run with changes (workers, batching, timeout: its `runtime`), a server
   with the new runtime starts beside each old one; each version's route stays on the old server
   until the new one holds it ready, and an old server stops once no version needs it and no
-  published route points at it (so requests already on their way there finish).
+  published route points at it (so requests already on their way there finish);
+- a model with `scale_to_zero_after` that has been ready, loading nothing, and got no request
+  for that long falls asleep: its routes point at no server from then on, and at the next plan its
+  servers stop (so requests already on their way there finish first); its preparations stay, so
+  a request after that (the gateway notes each in `Actual.last_request`) wakes it with no fetch.
 """
 
 from __future__ import annotations
@@ -60,12 +64,15 @@ class DesiredModel:
     # Version -> what its artifacts are (source, time)
     identities: Mapping[str, str] = field(default_factory=empty)
     runtime: Runtime = field(default_factory=Runtime)  # what its model servers run with
+    scale_to_zero_after: float | None = None  # seconds idle before it sleeps; None: never
 
 
 @dataclass(frozen=True)
 class Actual:
     preparations: Mapping[PreparationKey, Preparation] = field(default_factory=empty)
     servers: Mapping[ServerKey, ServerView] = field(default_factory=empty)
+    # Served model -> when its last scoring request came (the clock `now` is on)
+    last_request: Mapping[str, float] = field(default_factory=empty)
 
 
 @dataclass(frozen=True)
@@ -162,7 +169,7 @@ def _plan_model(
     if model.versions is None:  # nothing known yet: keep what was (servers are looked after)
         return before or ModelRoutes(
             message="Reading its versions from the registry.", env_manager=manager,
-            runtime=model.runtime,
+            runtime=model.runtime, since=now,
         )  # fmt: skip
     preparations = {
         (version, with_manager): preparation
@@ -170,6 +177,14 @@ def _plan_model(
         if of == name
     }
     servers = {(env, rt): view for (of, env, rt), view in actual.servers.items() if of == name}
+    last_request = actual.last_request.get(name)
+    since = now if before is None else before.since
+    if before is not None and before.state is EndpointState.SCALED_TO_ZERO:
+        if model.scale_to_zero_after is not None and (
+            last_request is None or last_request <= before.since
+        ):
+            return _asleep(model, preparations, servers, before, now, actions)
+        since = now  # woken (by a request, or the setting turned off): idle from now on
     before_versions = before.versions if before else EMPTY
     runtime = model.runtime
 
@@ -212,7 +227,68 @@ def _plan_model(
     _record_moves(name, runtime, servers, before_versions, routes, actions)
     refs = _refs(model, routes, before.refs if before else EMPTY)
     state, message = _endpoint_state(servers, routes)
-    return ModelRoutes(state, message, manager, frozen(routes), frozen(refs), runtime)
+    settled = (
+        state is EndpointState.READY
+        and bool(routes)
+        and all(route.state is not VersionState.PENDING for route in routes.values())
+    )
+    if not settled:
+        since = now  # idle time counts once it is ready (a slow wake-up is not idleness)
+    after = model.scale_to_zero_after
+    idle_since = since if last_request is None else max(since, last_request)
+    if (
+        after is not None
+        and settled
+        # A table that routes to it has been published: requests waiting for it get through.
+        and before is not None
+        and before.state is EndpointState.READY
+        and now - idle_since >= after
+    ):
+        asleep = _sleeping(model, now)  # its servers stop at the next plan
+        actions.append(Record(name, asleep.message))
+        return asleep
+    return ModelRoutes(state, message, manager, frozen(routes), frozen(refs), runtime, since)
+
+
+def _asleep(
+    model: DesiredModel,
+    preparations: Mapping[tuple[str, str], Preparation],
+    servers: Mapping[tuple[str, Runtime], ServerView],
+    before: ModelRoutes,
+    now: float,
+    actions: list[Action],
+) -> ModelRoutes:
+    """A sleeping model: its servers stop (no route has pointed at them since it fell asleep);
+    its versions stay prepared and new ones are prepared, so waking it needs no fetch."""
+    assert model.versions is not None
+    name = model.name
+    _prepare(model, preparations, now, actions)
+    for version in before.versions.keys() - model.versions.keys():
+        actions.append(Record(name, f"Version {version} is no longer served.", version))
+    for version, with_manager in preparations:
+        if version not in model.versions:
+            actions.append(Forget((name, version, with_manager)))
+    actions.extend(StopServer((name, env, rt)) for env, rt in servers)
+    return _sleeping(model, before.since)
+
+
+def _sleeping(model: DesiredModel, since: float) -> ModelRoutes:
+    """The routes of a sleeping model: every version listed, no server; each stage and alias
+    names its version, so a request by any of them wakes the model."""
+    assert model.versions is not None
+    asleep = "Asleep: the next request wakes it."
+    versions = {
+        version: VersionRoute(VersionState.SCALED_TO_ZERO, asleep, **_named(model, version))
+        for version in model.versions
+    }
+    message = (
+        f"Asleep after {model.scale_to_zero_after:g} s without requests; the next request wakes it."
+    )
+    refs = {ref: v for ref, v in _targets(model).items() if v in versions}
+    return ModelRoutes(
+        EndpointState.SCALED_TO_ZERO, message, model.env_manager, frozen(versions),
+        frozen(refs), model.runtime, since,
+    )  # fmt: skip
 
 
 def _prepare(
@@ -404,12 +480,7 @@ def _refs(
 ) -> dict[str, str]:
     """Each stage and alias -> the ready version it names; a moved one keeps its old version
     (if still served and ready) until the new one is ready."""
-    assert model.versions is not None
-    targets = dict(model.aliases)
-    for stage in STAGES:
-        staged = [v for v, s in model.versions.items() if s == stage]
-        if staged:
-            targets[stage] = max(staged, key=_number)
+    targets = _targets(model)
     ready = {v for v, route in routes.items() if route.state is VersionState.READY}
     refs = {}
     for ref, target in targets.items():
@@ -418,6 +489,17 @@ def _refs(
         elif before.get(ref) in ready:
             refs[ref] = before[ref]
     return refs
+
+
+def _targets(model: DesiredModel) -> dict[str, str]:
+    """Each alias and stage -> the version the registry says it names."""
+    assert model.versions is not None
+    targets = dict(model.aliases)
+    for stage in STAGES:
+        staged = [v for v, s in model.versions.items() if s == stage]
+        if staged:
+            targets[stage] = max(staged, key=_number)
+    return targets
 
 
 def _named(model: DesiredModel, version: str) -> dict[str, tuple[str, ...]]:

@@ -2,11 +2,13 @@
 
 The controller builds a whole new table each time it plans and publishes it in one assignment;
 the gateway reads whichever table is current and never sees one half-updated. Every part is
-frozen: a table that was published never changes.
+frozen: a table that was published never changes. The gateway, for its part, notes on the board
+when each model last got a scoring request, which planning reads to let idle models sleep.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -28,6 +30,7 @@ class VersionState(StrEnum):
     PENDING = "VERSION_STATE_PENDING"
     READY = "VERSION_STATE_READY"
     FAILED = "VERSION_STATE_FAILED"
+    SCALED_TO_ZERO = "VERSION_STATE_SCALED_TO_ZERO"  # its model sleeps: no server holds it
 
 
 class EndpointState(StrEnum):
@@ -36,6 +39,9 @@ class EndpointState(StrEnum):
     PENDING = "ENDPOINT_STATE_PENDING"
     READY = "ENDPOINT_STATE_READY"
     FAILED = "ENDPOINT_STATE_FAILED"
+    # Asleep after `scale_to_zero_after` without requests: its servers stopped, the next
+    # request wakes it.
+    SCALED_TO_ZERO = "ENDPOINT_STATE_SCALED_TO_ZERO"
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,9 @@ class ModelRoutes:
     refs: Mapping[str, str] = field(default_factory=empty)  # stage or alias -> a ready version
     # What its model servers run with; its timeout_s bounds its requests at the gateway too.
     runtime: Runtime = field(default_factory=Runtime)
+    # When (the controller's clock) it last became ready with nothing loading, or fell asleep:
+    # awake, it has been idle since the later of this and its last request.
+    since: float = 0.0
 
     def resolve(self, ref: str) -> str | None:
         """The version `ref` names: a version number, a stage (any case) or an alias."""
@@ -106,6 +115,20 @@ class RouteBoard:
 
     def __init__(self) -> None:
         self.table = RouteTable()
+        # Served model -> when (the event loop's clock) it last got a scoring request: written
+        # by the gateway as requests come, read by planning; no lock, as both run on one loop.
+        self.last_request: dict[str, float] = {}
+        self._published: asyncio.Event | None = None  # set by the next publish, if awaited
 
     def publish(self, table: RouteTable) -> None:
         self.table = table  # one assignment: a reader sees the old table or the new, whole
+        if self._published is not None:
+            self._published.set()
+            self._published = None
+
+    async def next_table(self) -> RouteTable:
+        """The next table published (on the event loop the controller publishes from)."""
+        if self._published is None:
+            self._published = asyncio.Event()
+        await self._published.wait()
+        return self.table

@@ -2,7 +2,8 @@
 
 `env_manager` says which Python environment its versions run in; `runtime` is what its model
 servers run with (a change starts new servers, and the routes move once they are ready); `tags`
-are the team's own labels and change nothing that runs.
+are the team's own labels and change nothing that runs; `scale_to_zero_after` lets an idle model
+sleep (its servers stop; the next request wakes it) and, like tags, starts no new server.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ WORKERS = (1, 16)  # processes per model server, each holding every version
 MAX_BATCH_SIZE = (1, 100_000)
 MAX_BATCH_DELAY_MS = (0.0, 10_000.0)
 TIMEOUT_S = (0.0, 86_400.0)
+SCALE_TO_ZERO_AFTER_S = (1.0, 30 * 86_400.0)  # seconds without requests before a model sleeps
 MAX_TAGS = 50
 TAG_KEY_CHARS = 250  # as MLflow's own tags
 TAG_VALUE_CHARS = 5000
 
 RUNTIME_FIELDS = ("workers", "max_batch_size", "max_batch_delay_ms", "timeout_s")
-FIELDS = ("env_manager", *RUNTIME_FIELDS, "tags")
+FIELDS = ("env_manager", *RUNTIME_FIELDS, "scale_to_zero_after", "tags")
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class ServingSettings:
     env_manager: str = EnvManager.AUTO.value
     runtime: Runtime = field(default_factory=Runtime)
     tags: Tags = ()
+    scale_to_zero_after: float | None = None  # None: it never sleeps
 
     def to_json(self) -> dict[str, Any]:
         """As the serving API shows them."""
@@ -66,6 +69,7 @@ class ServingSettings:
             "max_batch_size": runtime.max_batch_size,
             "max_batch_delay_ms": _number(runtime.max_batch_delay_ms),
             "timeout_s": _number(runtime.timeout_s),
+            "scale_to_zero_after": _number_or_none(self.scale_to_zero_after),
             "tags": [{"key": key, "value": value} for key, value in self.tags],
         }
 
@@ -73,7 +77,10 @@ class ServingSettings:
         """These (the platform's defaults) with what a model sets for itself (`parse`'s shape)."""
         runtime = replace(self.runtime, **{k: stored[k] for k in RUNTIME_FIELDS if k in stored})
         return ServingSettings(
-            stored.get("env_manager", self.env_manager), runtime, stored.get("tags", self.tags)
+            stored.get("env_manager", self.env_manager),
+            runtime,
+            stored.get("tags", self.tags),
+            stored.get("scale_to_zero_after", self.scale_to_zero_after),
         )
 
 
@@ -116,6 +123,8 @@ def parse(fields: Mapping[str, Any]) -> dict[str, Any]:
                 f"(how long a scoring request may take before it gets 504), not {value!r}."
             )
         parsed["timeout_s"] = float(value)
+    if "scale_to_zero_after" in given:
+        parsed["scale_to_zero_after"] = _scale_to_zero_after(given["scale_to_zero_after"])
     if "tags" in given:
         parsed["tags"] = _tags(given["tags"])
     return parsed
@@ -130,6 +139,8 @@ def changes(before: ServingSettings, after: ServingSettings) -> list[str]:
             continue
         if key == "tags":
             said.append(f"tags {_show_tags(before.tags)} → {_show_tags(after.tags)}")
+        elif key == "scale_to_zero_after":
+            said.append(f"{key} {_show_off(was[key])} → {_show_off(now[key])}")
         else:
             said.append(f"{key} {was[key]} → {now[key]}")
     return said
@@ -155,6 +166,19 @@ def _integer(key: str, value: Any, bounds: tuple[int, int], what: str) -> int:
         raise InvalidInput(f"{key} must be a whole number of {what} from {low} to {high}, "
                            f"not {value!r}.")  # fmt: skip
     return value
+
+
+def _scale_to_zero_after(value: Any) -> float | None:
+    if value is None:
+        return None  # turned off: the model never sleeps
+    low, high = SCALE_TO_ZERO_AFTER_S
+    if not _is_number(value) or not low <= value <= high:
+        raise InvalidInput(
+            f"scale_to_zero_after must be a number of seconds from {low:.0f} to {high:.0f} "
+            "(how long a model may go without requests before its servers stop; the next "
+            f"request wakes it), or null to keep it awake, not {value!r}."
+        )
+    return float(value)
 
 
 def _is_number(value: Any) -> bool:
@@ -188,6 +212,14 @@ def _tags(value: Any) -> Tags:
 
 def _show_tags(tags: Tags) -> str:
     return "{" + ", ".join(f"{k}={v}" for k, v in tags) + "}"
+
+
+def _show_off(value: Any) -> str:
+    return "off" if value is None else f"{value} s"
+
+
+def _number_or_none(value: float | None) -> int | float | None:
+    return None if value is None else _number(value)
 
 
 def _number(value: float) -> int | float:

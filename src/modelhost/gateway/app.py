@@ -170,14 +170,26 @@ class Gateway:
 
         retry = ((b"retry-after", b"1"),)
         timeout_s = self.control.routes.timeout_s(name)  # the model's own, or --timeout
+        cold_start: tuple[tuple[bytes, bytes], ...] = ()
+        received = scope["headers"]
+        body: bytes | None = None
         try:
+            # Auth has let this caller read the model (auth/middleware.py): only then may it wake.
+            if self.control.sleeping(name):
+                # Its body first: one left unread while the model wakes would stall the client.
+                body = await read_body(dict(received), receive, self.settings.max_body_bytes)
+                woke_ms = await self.control.wake(name, ref, timeout_s)
+                if woke_ms is not None:
+                    cold_start = ((b"x-modelhost-cold-start-ms", b"%d" % round(woke_ms)),)
             version, server = self._route(name, ref)
+            self.control.requested(name)  # not idle: it stays awake
             pool = self._pools.get(server.number) or self._pool(server)
-            received = scope["headers"]
-            body = await read_body(dict(received), receive, self.settings.max_body_bytes)
+            if body is None:
+                body = await read_body(dict(received), receive, self.settings.max_body_bytes)
             content_type = next((v for k, v in received if k == b"content-type"), b"")
             # The server times out scoring itself; the pool bounds one that answers nothing.
             answer = await pool.score(version, content_type, body, timeout_s)
+            self.control.requested(name)  # a long request counts until it ends
         except ModelhostError as e:
             headers = retry if isinstance(e, NotReady) else ()
             await respond(send, e.status, e.body(), headers=headers)
@@ -202,6 +214,7 @@ class Gateway:
                     *((k, v) for k, v in answer.headers if k not in HOP_BY_HOP),
                     # Which version answered: a stage or alias names a different one over time.
                     (b"x-modelhost-version", version.encode()),
+                    *cold_start,
                 ],
             }
         )

@@ -120,6 +120,9 @@ SETTINGS_FIELDS = {
                            "maximum": serving_settings.MAX_BATCH_DELAY_MS[1]},
     "timeout_s": {"type": "number", "exclusiveMinimum": serving_settings.TIMEOUT_S[0],
                   "maximum": serving_settings.TIMEOUT_S[1]},
+    "scale_to_zero_after": {"type": ["number", "null"],
+                            "minimum": serving_settings.SCALE_TO_ZERO_AFTER_S[0],
+                            "maximum": serving_settings.SCALE_TO_ZERO_AFTER_S[1]},
     "tags": {"type": "array", "items": TAG, "maxItems": serving_settings.MAX_TAGS},
 }  # fmt: skip
 SETTINGS_SAID = (
@@ -127,18 +130,21 @@ SETTINGS_SAID = (
     "Python environment when it satisfies the version's requirements, else in one built with "
     "uv; `local` always modelhost's own; `uv` always a built one); `workers`, the worker "
     "processes of the model server; `max_batch_size` and `max_batch_delay_ms`, its batching "
-    "limits; `timeout_s`, how long a scoring request may take before it gets 504; `tags`, "
-    "the team's own labels (given, they replace the whole list). A setting not given keeps "
-    "its value (`modelhost up`'s default until set). A change of `workers`, batching or "
-    "`timeout_s` starts a model server with the new settings; each version moves to it once "
-    "it is ready there, and the old server stops: no request fails meanwhile."
+    "limits; `timeout_s`, how long a scoring request may take before it gets 504; "
+    "`scale_to_zero_after`, seconds without requests after which the model sleeps (its model "
+    "servers stop, state `ENDPOINT_STATE_SCALED_TO_ZERO`; the next request wakes it), or null "
+    "(the default) to keep it awake; `tags`, the team's own labels (given, they replace the "
+    "whole list). A setting not given keeps its value (`modelhost up`'s default until set). "
+    "A change of `workers`, batching or `timeout_s` starts a model server with the new "
+    "settings; each version moves to it once it is ready there, and the old server stops: no "
+    "request fails meanwhile."
 )
 _ENDPOINT_STATUS = {
     "registered_model_name": "iris-demo",
     "state": "ENDPOINT_STATE_READY",
     "state_message": "Ready to answer.",
     "settings": {"env_manager": "auto", "workers": 1, "max_batch_size": 2048,
-                 "max_batch_delay_ms": 2, "timeout_s": 60,
+                 "max_batch_delay_ms": 2, "timeout_s": 60, "scale_to_zero_after": None,
                  "tags": [{"key": "team", "value": "fraud"}]},
 }  # fmt: skip
 ENDPOINT_STATUS = _object(
@@ -373,7 +379,10 @@ _PATHS: dict[str, Any] = {
                 "MLflow's scoring protocol: MLflow 2+ JSON (`dataframe_split`, "
                 "`dataframe_records`, `instances`, `inputs`, optional `params`), CSV, Parquet, "
                 "MLflow 1.x JSON (answered as a bare list) or Azure ML's `input_data`. The "
-                "`X-Modelhost-Version` header of the answer names the version that gave it."
+                "`X-Modelhost-Version` header of the answer names the version that gave it. A "
+                "request to a sleeping model (see `scale_to_zero_after`) wakes it and waits, at "
+                "most the model's `timeout_s`; its answer's `X-Modelhost-Cold-Start-Ms` header "
+                "says how long the wake-up took."
             ),
             "parameters": [
                 {
@@ -409,8 +418,8 @@ _PATHS: dict[str, Any] = {
                         403: NO_GRANT.format(level="READ"),
                         404: "No served model of that name, or no version, stage or alias `ref`.",
                         413: "The body is larger than `--max-body-mb`.",
-                        503: "The version is still loading, or its server restarts: see "
-                        "`Retry-After`.",
+                        503: "The version is still loading, its server restarts, or the "
+                        "model is still waking up after `timeout_s`: see `Retry-After`.",
                     },
                 ),
                 "500": _error("The model raised; the next request is served as usual."),

@@ -7,7 +7,10 @@ const NUMBERS = [
   ["max_batch_size", "Max batch size (rows)", "The most rows one predict call gathers from concurrent requests.", 1],
   ["max_batch_delay_ms", "Max batch delay (ms)", "How long a batch may wait for more requests.", 0],
   ["timeout_s", "Request timeout (s)", "A request that takes longer gets 504.", 1],
+  ["scale_to_zero_after", "Scale to zero after (s)", "Idle this long, its servers stop; the next request wakes it. Empty: never.", 1],
 ];
+// Empty means off (null), not "keep what it is".
+const NULLABLE = new Set(["scale_to_zero_after"]);
 const MANAGERS = [
   ["auto", "auto: modelhost's environment when it satisfies the model, else one built with uv"],
   ["local", "local: always modelhost's own environment"],
@@ -67,7 +70,10 @@ export function settingsForm(name, saved) {
 
   function read() {
     const settings = { env_manager: manager.value };
-    for (const [key] of NUMBERS) if (fields[key].value !== "") settings[key] = Number(fields[key].value);
+    for (const [key] of NUMBERS) {
+      if (fields[key].value !== "") settings[key] = Number(fields[key].value);
+      else if (NULLABLE.has(key)) settings[key] = null;
+    }
     settings.tags = [...tags.querySelectorAll("tr")]
       .map((r) => ({ key: r.querySelector(".tag-key").value.trim(), value: r.querySelector(".tag-value").value }))
       .filter((t) => t.key);

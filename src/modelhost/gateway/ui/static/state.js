@@ -1,7 +1,7 @@
 // Endpoint and version states as users know them from the managed service.
 import { h } from "./dom.js";
 
-const LABELS = { PENDING: "Pending", READY: "Ready", FAILED: "Failed", LOADING: "Pending", GONE: "Stopped" };
+const LABELS = { PENDING: "Pending", READY: "Ready", FAILED: "Failed", LOADING: "Pending", GONE: "Stopped", SCALED_TO_ZERO: "Asleep" };
 
 export function stateLabel(state) {
   const short = String(state || "").replace(/^(ENDPOINT_STATE_|VERSION_STATE_|ENDPOINT_VERSION_STATE_)/, "");
