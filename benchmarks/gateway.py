@@ -27,6 +27,7 @@ from pathlib import Path
 
 import mlflow
 import orjson
+from processes import model_server_of
 from serving import (
     WARMUP_S,
     BenchmarkError,
@@ -48,6 +49,7 @@ from sklearn.datasets import load_iris
 from sklearn.ensemble import RandomForestClassifier
 
 from modelhost.config import ServeSettings
+from modelhost.control.servers import server_log
 
 API = "/api/2.0/preview/mlflow/endpoints"
 MODEL = "bench-forest"
@@ -92,14 +94,12 @@ def register(url: str) -> None:
         )
 
 
-def worker_pid(up: subprocess.Popen[bytes]) -> int:
-    """The model server: the one `modelhost worker` the gateway started."""
-    children = subprocess.run(
-        ["pgrep", "-P", str(up.pid), "-f", "modelhost worker"], capture_output=True, text=True
-    ).stdout.split()
-    if len(children) != 1:
-        raise BenchmarkError(f"expected one model server, found {children}")
-    return int(children[0])
+def worker_pid(up: subprocess.Popen[bytes], home: Path) -> int:
+    """The model server of the model: the process writing its log (forked or fresh)."""
+    found = model_server_of(up.pid, server_log(home.resolve() / "logs", MODEL))
+    if found is None:
+        raise BenchmarkError(f"found no model server of {MODEL}")
+    return found
 
 
 def fetched_model(home: Path) -> Path:
@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> None:
         register(gateway)
         get_json(f"{gateway}{API}/enable", {"registered_model_name": MODEL})
         wait(lambda: version_states(gateway) == ["VERSION_STATE_READY"], "version 1 ready")
-        worker = worker_pid(up)
+        worker = worker_pid(up, Path(tmp) / "home")
         model = fetched_model(Path(tmp) / "home")
         with direct_server(model, Path(tmp) / "serve.log") as (direct, server):
             targets = {

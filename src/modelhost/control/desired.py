@@ -8,7 +8,6 @@ its last known value, so a registry that is away stops no model from serving.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.store.entities.paged_list import PagedList
 
 from modelhost.control.plan import DesiredModel
-from modelhost.control.routes import frozen
+from modelhost.control.routes import EMPTY, frozen
 from modelhost.control.settings import ServingSettings
 from modelhost.control.store import StateStore
 
@@ -79,34 +78,24 @@ class DesiredReader:
         desired = {}
         for name, stored in served.items():
             settings = self.defaults.with_set(stored)
-            manager, runtime = settings.env_manager, settings.runtime
-            known = self.latest.get(name)
-            registered = found.get(name)
+            registered: Registered | DesiredModel | None = found.get(name)
             if registered is None:
                 if name not in self._unreadable:
                     self._unreadable.add(name)
                     why = failures.get(name, "it is not in the registry")
                     log.warning("Could not read %s from the registry: %s", name, why)
-                if known is None:
-                    desired[name] = DesiredModel(name, manager, runtime=runtime)
-                else:  # serve on what was known, with the settings as they are now
-                    desired[name] = DesiredModel(
-                        name, manager, known.versions, known.aliases, known.identities, runtime
-                    )
-            else:
-                desired[name] = DesiredModel(
-                    name,
-                    manager,
-                    registered.versions,
-                    registered.aliases,
-                    registered.identities,
-                    runtime,
-                )
-                if name in self._unreadable:
-                    self._unreadable.discard(name)
-                    log.info("Read %s from the registry again.", name)
-            desired[name] = dataclasses.replace(
-                desired[name], scale_to_zero_after=settings.scale_to_zero_after
+                registered = self.latest.get(name)  # serve on what was known, if anything
+            elif name in self._unreadable:
+                self._unreadable.discard(name)
+                log.info("Read %s from the registry again.", name)
+            desired[name] = DesiredModel(
+                name,
+                settings.env_manager,
+                registered.versions if registered is not None else None,
+                registered.aliases if registered is not None else EMPTY,
+                registered.identities if registered is not None else EMPTY,
+                settings.runtime,
+                settings.scale_to_zero_after,
             )
         return desired
 
