@@ -174,14 +174,18 @@ class Gateway:
         received = scope["headers"]
         body: bytes | None = None
         try:
-            # Auth has let this caller read the model (auth/middleware.py): only then may it wake.
-            if self.control.sleeping(name):
+            try:
+                version, server = self._route(name, ref)
+            except (NotReady, NotFound):  # asleep, or waking: no version is ready, no alias set
+                if not self.control.sleeping(name):
+                    raise
+                # Auth has let this caller read the model (auth/middleware.py): it may wake it.
                 # Its body first: one left unread while the model wakes would stall the client.
                 body = await read_body(dict(received), receive, self.settings.max_body_bytes)
                 woke_ms = await self.control.wake(name, ref, timeout_s)
                 if woke_ms is not None:
                     cold_start = ((b"x-modelhost-cold-start-ms", b"%d" % round(woke_ms)),)
-            version, server = self._route(name, ref)
+                version, server = self._route(name, ref)
             self.control.requested(name)  # not idle: it stays awake
             pool = self._pools.get(server.number) or self._pool(server)
             if body is None:
