@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -46,6 +45,7 @@ from serving import (
     post_json,
     quiet_training_noise,
     request_body,
+    run_benchmark,
 )
 from sklearn.datasets import load_iris
 from sklearn.ensemble import RandomForestClassifier
@@ -291,18 +291,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    # A plain `kill` of the benchmark should still stop the platform it started.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
-        run(args)
-    except BenchmarkError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return run_benchmark(run, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -567,9 +567,9 @@ def run(args: argparse.Namespace) -> None:
         write_json(args.json, results, args)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    # A plain `kill` of the benchmark should still stop the servers it started.
+def run_benchmark(run: Callable[[argparse.Namespace], None], args: argparse.Namespace) -> int:
+    """Run a benchmark to its exit code: its errors are one line, and a plain `kill` of it
+    still stops the servers it started (their context managers run)."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         run(args)
@@ -580,6 +580,10 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_benchmark(run, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -493,9 +493,10 @@ def all_model_servers(platform: Platform) -> list[int]:
     found = []
     for proc in Path("/proc").glob("[0-9]*"):
         try:
-            command = _command(proc.name)
+            pid = int(proc.name)
+            command = command_of(pid)
             if command[2:4] != [b"modelhost", b"worker"] and (
-                command[2:3] != [FORK_SERVER] or _command(_parent(proc.name))[2:3] != [FORK_SERVER]
+                command[2:3] != [FORK_SERVER] or command_of(parent_of(pid))[2:3] != [FORK_SERVER]
             ):
                 continue
             if platform.marker.encode() in (proc / "environ").read_bytes().split(b"\0"):
@@ -519,13 +520,13 @@ def model_servers(platform: Platform, name: str) -> list[int]:
     return found
 
 
-def _command(pid: str) -> list[bytes]:
+def command_of(pid: int) -> list[bytes]:
+    """Process `pid`'s command line, split at its NULs."""
     return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
 
 
-def _parent(pid: str) -> str:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat.rsplit(")", 1)[1].split()[1]
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 def signal_server(pid: int, sig: signal.Signals) -> None:

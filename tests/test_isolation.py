@@ -18,7 +18,15 @@ import httpx
 import mlflow
 import pytest
 from sklearn.linear_model import LogisticRegression
-from support import FORK_SERVER, ONE_ROW, Platform, all_model_servers, eventually
+from support import (
+    FORK_SERVER,
+    ONE_ROW,
+    Platform,
+    all_model_servers,
+    command_of,
+    eventually,
+    parent_of,
+)
 
 from modelhost.config import UpSettings
 
@@ -209,11 +217,3 @@ def test_a_server_forked_as_root_keeps_nothing_of_its_fork_server(victim, intrud
     assert socket_inodes(victim).isdisjoint(socket_inodes(fork_server))
     # A built environment holds what model code chose: its server starts afresh.
     assert FORK_SERVER not in command_of(parent_of(intruder))
-
-
-def parent_of(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
-def command_of(pid: int) -> list[bytes]:
-    return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from support import FORK_SERVER, eventually
+from support import FORK_SERVER, command_of, eventually, parent_of
 
 from modelhost.control.environments import Environment
 from modelhost.control.forkserver import ForkServers
@@ -197,14 +197,6 @@ def serving(socket_path: str) -> int:
         except OSError:
             continue
     raise AssertionError(f"no process holds {socket_path}")
-
-
-def parent_of(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
-def command_of(pid: int) -> list[bytes]:
-    return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
 
 
 def comm_of(pid: int) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import mlflow
 import pytest
-from support import FORK_SERVER
+from support import FORK_SERVER, command_of, parent_of
 
 from modelhost.control.environments import Environment
 from modelhost.control.forkserver import ForkServers
@@ -72,8 +72,8 @@ class Watched:
 
     def check_started(self, pid: int) -> None:
         """The server of `pid` started as asked: forked by the fork server, or afresh."""
-        parent = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
-        forked = FORK_SERVER in Path(f"/proc/{parent}/cmdline").read_bytes().split(b"\0")
+        parent = parent_of(pid)
+        forked = FORK_SERVER in command_of(parent)
         assert forked == self.forks.enabled, f"server {pid}'s parent is {parent}"
 
     async def until(self, check, what: str, timeout_s: float = 90):

@@ -66,7 +66,9 @@ def bind_socket(path: Path) -> socket.socket:
 
 
 class ModelServerProcess:
-    """One run of a `modelhost worker` holding the versions of one model in one environment.
+    """One run of a `modelhost worker` holding the versions of one model in one environment,
+    forked by its environment's fork server (control/forkserver.py) or, where there is none,
+    started as a fresh process.
 
     Every server of a model writes to the model's one log file, so the model's logs (and each
     version's lines in them) read the same however many environments it needs.
