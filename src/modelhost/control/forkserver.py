@@ -48,32 +48,49 @@ class ForkServerUnavailable(Exception):
 
 
 class Forked:
-    """A model server forked by a fork server: what `subprocess.Popen` offers of it, by pidfd."""
+    """A model server forked by a fork server: what `subprocess.Popen` offers of it, by pidfd.
+
+    Each wait selects on a duplicate of the pidfd, so closing it while another thread waits
+    can never leave that thread selecting on a number the kernel has given to another file.
+    """
 
     def __init__(self, pid: int, pidfd: int) -> None:
         self.pid = pid
-        self.pidfd = pidfd  # readable once the process has exited
+        self.pidfd = pidfd  # readable once the process has exited; -1 once closed
         self.returncode: int | None = None
         self._said = threading.Event()  # the fork server said how it exited
+        self._lock = threading.Lock()
 
     def exited(self, code: int | None) -> None:
         self.returncode = code
         self._said.set()
 
     def poll(self) -> int | None:
-        if not self._said.is_set() and not _readable(self.pidfd, 0):
+        if not self._said.is_set() and not self._ended(0):
             return None
         return self.wait()
 
     def wait(self, timeout: float | None = None) -> int | None:
-        if not _readable(self.pidfd, timeout):
+        if not self._said.is_set() and not self._ended(timeout):
             raise subprocess.TimeoutExpired(str(self.pid), timeout or 0)
         self._said.wait(1.0)  # reaped by the fork server a moment after; None if it is gone
         return self.returncode
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.pidfd)
+        with self._lock:
+            if self.pidfd >= 0:
+                os.close(self.pidfd)
+                self.pidfd = -1
+
+    def _ended(self, timeout: float | None) -> bool:
+        with self._lock:
+            if self.pidfd < 0:
+                return True  # closed: it was waited for already
+            pidfd = os.dup(self.pidfd)
+        try:
+            return bool(select.select([pidfd], [], [], timeout)[0])
+        finally:
+            os.close(pidfd)
 
 
 class _Run:
@@ -247,10 +264,3 @@ class ForkServers:
             servers = list(self._servers.values())
         for server in servers:
             server.close()
-
-
-def _readable(fd: int, timeout: float | None) -> bool:
-    try:
-        return bool(select.select([fd], [], [], timeout)[0])
-    except (OSError, ValueError):  # closed: it was waited for already
-        return True

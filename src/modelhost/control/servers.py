@@ -95,6 +95,7 @@ class ModelServerProcess:
         self.scratch: Path | None = None  # as the model user: its only writable folder
         self.process: subprocess.Popen[bytes] | Forked | None = None
         self._pidfd: int | None = None  # readable once the process has exited
+        self._stopping: asyncio.Future[None] | None = None
         # Its control calls: health checks, and which versions to hold.
         self.client = httpx.AsyncClient(
             transport=httpx.AsyncHTTPTransport(uds=str(self.socket)),
@@ -141,18 +142,19 @@ class ModelServerProcess:
     async def exited(self, timeout: float) -> bool:
         """Wait up to `timeout` for the process to exit; whether it has (at once when it does,
         so a server that died is replaced without waiting for its next health check)."""
-        if self._pidfd is None:
+        pidfd = self._pidfd
+        if pidfd is None:
             return not self.alive()
         loop = asyncio.get_running_loop()
         done = loop.create_future()
-        loop.add_reader(self._pidfd, lambda: done.done() or done.set_result(True))
+        loop.add_reader(pidfd, lambda: done.done() or done.set_result(True))
         try:
             async with asyncio.timeout(timeout):
                 await done
         except TimeoutError:
             pass
         finally:
-            loop.remove_reader(self._pidfd)
+            loop.remove_reader(pidfd)
         return done.done()
 
     def alive(self) -> bool:
@@ -163,7 +165,16 @@ class ModelServerProcess:
         return self.process.returncode if self.process is not None else None
 
     async def stop(self, grace_s: float = 15) -> None:
-        """Stop it (SIGKILL at once with `grace_s` 0: a hung server handles no SIGTERM)."""
+        """Stop it (SIGKILL at once with `grace_s` 0: a hung server handles no SIGTERM).
+
+        Once: a second call (the supervisor stopping a server its watch was replacing) waits
+        for the first, which goes on even if its caller is cancelled.
+        """
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop(grace_s))
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self, grace_s: float) -> None:
         await self.client.aclose()
         if self.process is not None:
             await asyncio.to_thread(stop_group, self.process, grace_s)
