@@ -42,6 +42,7 @@ from serving import (
     BenchmarkError,
     iris_rows,
     platform,
+    positive_int,
     post_json,
     quiet_training_noise,
     request_body,
@@ -243,13 +244,6 @@ def write_json(path: Path, results: list[Density]) -> None:
     rows = [{**asdict(r), "per_model_bytes": r.per_model_bytes} for r in results]
     path.write_text(json.dumps({"results": rows}, indent=2) + "\n")
     print(f"\nwrote {path}")
-
-
-def positive_int(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return number
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
