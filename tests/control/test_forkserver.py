@@ -22,7 +22,7 @@ from modelhost.control.environments import Environment
 from modelhost.control.forkserver import ForkServers
 from modelhost.control.isolation import Isolation
 from modelhost.control.local import LocalSupervisor
-from modelhost.control.servers import server_log
+from modelhost.control.servers import ModelServerProcess, server_log
 from modelhost.control.supervisor import Health, HeldState, ServerSpec
 
 HERE = Environment("here", Path(sys.executable), built=False)
@@ -233,3 +233,34 @@ def _no_leftovers():
                 assert FORK_SERVER not in command_of(int(proc.name)), "a fork server was left"
         except (OSError, IndexError):
             continue
+
+
+def test_a_server_stopped_twice_is_stopped_once_and_closes_nothing_else(tmp_path):
+    # The supervisor may stop a server its watch stopped already: the second stop must not
+    # close the pidfd again, whose number another file of `up`'s may have taken meanwhile.
+    async def scenario():
+        servers = Servers(tmp_path)
+        process = ModelServerProcess(
+            "iris-a", HERE, Isolation(tmp_path, None), tmp_path / "logs", ["--timeout", "5"],
+            servers.sockets, servers.forks,
+        )  # fmt: skip
+        try:
+            await asyncio.to_thread(process.start)
+            pid, pidfd = process.process.pid, process.process.pidfd
+            await process.stop(grace_s=0)
+            assert not alive(pid)
+            with pytest.raises(OSError):
+                os.fstat(pidfd)  # closed: its number is free
+            reader, writer = os.pipe()
+            os.dup2(reader, pidfd)  # another file takes the number, as the next one opened may
+            try:
+                await process.stop(grace_s=0)
+                os.write(writer, b"still open")
+                assert os.read(pidfd, 10) == b"still open"
+            finally:
+                for fd in (reader, writer, pidfd):
+                    os.close(fd)
+        finally:
+            await servers.close()
+
+    run(scenario())
