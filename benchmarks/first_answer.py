@@ -45,6 +45,7 @@ import orjson
 import sklearn
 import skops
 from mlflow import MlflowClient
+from mlflow.models.model import ModelInfo
 from processes import ended, fork_servers_available, kill_server, model_server_of
 from serving import (
     BenchmarkError,
@@ -104,12 +105,12 @@ def first_200(url: str, started: float, alive: Callable[[], bool], log: Path) ->
     raise BenchmarkError(f"{url} did not answer 200 in {TIMEOUT_S:.0f} s; log:\n{log_tail(log)}")
 
 
-def log_forest(name: str) -> str:
-    """Register a new version of `name`: a 50-tree random forest on iris. Its version."""
+def log_forest(trees: int = 50, name: str | None = None) -> ModelInfo:
+    """Log a random forest of `trees` on iris, as a new version of `name` if one is given."""
     features, species = load_iris(return_X_y=True, as_frame=True)
-    forest = RandomForestClassifier(n_estimators=50, random_state=0).fit(features, species)
+    forest = RandomForestClassifier(n_estimators=trees, random_state=0).fit(features, species)
     with mlflow.start_run():
-        info = mlflow.sklearn.log_model(
+        return mlflow.sklearn.log_model(
             forest,
             name="model",
             input_example=features.head(2),
@@ -117,7 +118,6 @@ def log_forest(name: str) -> str:
             pip_requirements=REQUIREMENTS,
             skops_trusted_types=["sklearn.tree._tree.Tree"],
         )
-    return str(info.registered_model_version)
 
 
 def enable(gateway: str, name: str, env_manager: str | None = None) -> None:
@@ -138,7 +138,7 @@ def measure_modelhost(gateway: str, up: subprocess.Popen[bytes], log: Path) -> d
         return up.poll() is None
 
     def timed(case: str, name: str) -> str:
-        version = log_forest(name)
+        version = str(log_forest(name=name).registered_model_version)
         started = time.monotonic()
         url = f"{gateway}/model/{name}/{version}/invocations"
         results[case] = first_200(url, started, alive, log)
@@ -243,21 +243,6 @@ def report(results: dict[str, float], rounds: int) -> None:
 # --- fork servers on and off: a new model, and a model server that died -------------------------
 
 
-def log_small_forest() -> tuple[str, str]:
-    """Log a 10-tree forest on iris once, registered under no name: its URI and model id."""
-    features, species = load_iris(return_X_y=True, as_frame=True)
-    forest = RandomForestClassifier(n_estimators=10, random_state=0).fit(features, species)
-    with mlflow.start_run():
-        info = mlflow.sklearn.log_model(
-            forest,
-            name="model",
-            input_example=features.head(2),
-            pip_requirements=REQUIREMENTS,
-            skops_trusted_types=["sklearn.tree._tree.Tree"],
-        )
-    return info.model_uri, str(info.model_id)
-
-
 def measure_serving_start(
     design: str, options: list[str], args: argparse.Namespace, scratch: Path
 ) -> dict[str, list[float]]:
@@ -273,7 +258,8 @@ def measure_serving_start(
         try:
             mlflow.set_tracking_uri(gateway)
             mlflow.set_experiment("first-answer")
-            uri, model_id = log_small_forest()
+            small = log_forest(trees=10)  # registered under each name below
+            uri, model_id = small.model_uri, str(small.model_id)
             registry = MlflowClient()
             # The first model also starts what its environment shares (a fork server): not
             # what the next model waits for, so it is said apart.

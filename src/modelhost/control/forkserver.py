@@ -34,6 +34,7 @@ from typing import Any
 
 from modelhost.control.environments import Environment
 from modelhost.control.isolation import Isolation
+from modelhost.control.supervisor import environment_key
 from modelhost.processes import stop_group
 
 log = logging.getLogger("modelhost.controller")
@@ -253,9 +254,9 @@ class ForkServers:
         with self._lock:
             server = self._servers.get(environment.python)
             if server is None:
-                name = "current" if environment.current else environment.key
                 env = environment.process_env(self.isolation.environ(os.environ))
-                server = ForkServer(environment, env, self.logs / f"fork-server-{name}.log")
+                log_path = self.logs / f"fork-server-{environment_key(environment)}.log"
+                server = ForkServer(environment, env, log_path)
                 self._servers[environment.python] = server
             return server
 

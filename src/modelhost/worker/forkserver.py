@@ -4,7 +4,7 @@
 it over a Unix socket pair, nothing else: it is the only one who may ask for a model server. A
 model server forked here starts in a few hundredths of a second instead of seconds, and the
 imported code and data (MLflow, pandas, numpy, pyarrow, scikit-learn, the HTTP stack: about
-100 MB) stay one copy in memory, shared copy-on-write by all the servers of this environment;
+200 MB) stay one copy in memory, shared copy-on-write by all the servers of this environment;
 each model's own memory is its model and what serving it touches.
 
 Keeping those pages shared is deliberate:
