@@ -155,6 +155,31 @@ def serve(**options: object) -> None:
     "default: an embedded one under the home.",
 )
 @click.option(
+    "--state-uri",
+    default=None,
+    envvar="MODELHOST_STATE_URI",
+    show_default="SQLite under the home",
+    help="The database of modelhost's state (served models, settings, events, users, tokens, "
+    "grants, batch jobs), e.g. postgresql://USER:PASSWORD@HOST/DB: nodes started with the same "
+    "one (and the same registry) serve the same models. Set the variable rather than the flag "
+    "when it holds a password: others can see flags in the process list.",
+)
+@click.option(
+    "--artifacts-destination",
+    default=None,
+    envvar="MODELHOST_ARTIFACTS_DESTINATION",
+    show_default="<home>/registry/artifacts",
+    help="Where the registry modelhost runs keeps model files: a folder every node shares, "
+    "s3://BUCKET/PATH, or anything `mlflow server --artifacts-destination` takes.",
+)
+@click.option(
+    "--node-name",
+    default=None,
+    envvar="MODELHOST_NODE_NAME",
+    show_default="<hostname>:<port>",
+    help="This node's name among the nodes of one state database, in events and batch jobs.",
+)
+@click.option(
     "--demo",
     is_flag=True,
     default=False,
@@ -282,12 +307,11 @@ def up(**options: object) -> None:
     except SetupError as e:
         raise click.UsageError(e.message) from None
 
-    from modelhost.control.isolation import IsolationError
     from modelhost.up import run
 
     try:
         run(settings, checked)
-    except IsolationError as e:
+    except ModelhostError as e:  # model code cannot be isolated, a database does not open...
         raise click.ClickException(e.message) from None
 
 

@@ -66,7 +66,14 @@ class UpSettings:
     home: Path
     host: str = "127.0.0.1"
     port: int = 8080
-    registry_uri: str | None = None  # None: an embedded registry under the home
+    # None: an embedded registry under the home. May hold a password: kept out of repr.
+    registry_uri: str | None = dataclasses.field(default=None, repr=False)
+    # Served models, settings, events, users, tokens, grants, batch jobs: a SQLAlchemy URL
+    # (PostgreSQL, shared by every node), or None: SQLite under the home.
+    state_uri: str | None = dataclasses.field(default=None, repr=False)
+    # Where the embedded registry keeps model files; None: under the home.
+    artifacts_destination: str | None = None
+    node_name: str | None = None  # this node, in events and jobs; None: <hostname>:<port>
     demo: bool = False
     max_body_mb: float = ServeSettings.max_body_mb
     timeout_s: float = ServeSettings.timeout_s

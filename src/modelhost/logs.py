@@ -33,6 +33,8 @@ def configure_logging() -> None:
         handler.addFilter(_VersionTag())
     # httpx logs every request at INFO; the controller polls its model servers every second.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Alembic names each of its plugins at every start; modelhost says what it migrated.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def tag(version: str) -> str:

@@ -31,6 +31,7 @@ def preflight(settings: UpSettings) -> Checked:
     signing_in = auth_required(settings)
     check_admin_token(settings.admin_token)
     _check_home(settings)
+    _check_stores(settings)
     return Checked(signing_in, _bind(settings))
 
 
@@ -80,6 +81,55 @@ def _check_home(settings: UpSettings) -> None:
         raise SetupError(
             f"The home {settings.home} cannot be used: {e.strerror or e}. Pick another with "
             "--home or MODELHOST_HOME."
+        ) from None
+
+
+def _check_stores(settings: UpSettings) -> None:
+    """Database URLs that parse and whose driver is installed; artifacts only for a registry
+    modelhost runs; and a warning where nodes would not share what they must."""
+    external = (settings.registry_uri or "").startswith(("http://", "https://"))
+    if settings.artifacts_destination and external:
+        raise SetupError(
+            "--artifacts-destination is for the registry modelhost runs; the MLflow server at "
+            "--registry-uri keeps model files where it was told to. Drop one of the two."
+        )
+    for flag, uri in (
+        ("--state-uri", settings.state_uri),
+        ("--registry-uri", settings.registry_uri),
+    ):
+        if uri and not uri.startswith(("http://", "https://")):
+            _check_database(flag, uri)
+    if settings.state_uri and not settings.registry_uri:
+        log.warning(
+            "The state database is shared (--state-uri) but the registry is under this node's "
+            "home: other nodes will not see its models. Give every node the same --registry-uri."
+        )
+    if settings.registry_uri and not external and not settings.artifacts_destination:
+        log.warning(
+            "The registry's database is shared (--registry-uri) but its model files are under "
+            "this node's home: other nodes cannot load them. Give every node the same "
+            "--artifacts-destination (a shared folder, s3://...)."
+        )
+
+
+def _check_database(flag: str, uri: str) -> None:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        dialect = make_url(uri).get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError):
+        raise SetupError(
+            f"{flag} is not a database URL SQLAlchemy knows: give one such as "
+            "postgresql://USER:PASSWORD@HOST:5432/DB or sqlite:////path/to/file.db."
+        ) from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as e:
+        extra = " (pip install 'modelhost[postgres]')" if dialect.name == "postgresql" else ""
+        raise SetupError(
+            f"{flag} needs the database driver {e.name or dialect.driver}, which is not "
+            f"installed{extra}."
         ) from None
 
 

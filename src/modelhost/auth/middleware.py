@@ -42,7 +42,7 @@ from modelhost.auth.policy import (
 )
 from modelhost.auth.search import entry_name
 from modelhost.auth.sessions import Sessions, session_id
-from modelhost.auth.store import Principal
+from modelhost.auth.store import Principal, Snapshot
 from modelhost.batch.jobs_api import JOBS_PATH
 from modelhost.control.store import StateStore
 from modelhost.errors import (
@@ -104,8 +104,14 @@ class Auth:
         self.limiter = limiter
         self.api = AuthAPI(access, events)
         self.locator = Locator(app)
-        self.sessions = Sessions()
+        self.sessions = Sessions(access.store.engine)
         self.session_api = SessionAPI(access, self.sessions, limiter)
+
+    def changed_elsewhere(self, snapshot: Snapshot) -> None:
+        """Another node changed users, tokens, grants or sessions: answer from the new tables,
+        and read each browser's session again."""
+        self.access.install(snapshot)
+        self.sessions.forget()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS or _public(scope):
@@ -204,7 +210,7 @@ class Auth:
         An unknown id is not counted as a failed sign-in: it is as hard to guess as a token,
         and a browser whose session ended (a restart) would lock its own address out.
         """
-        session = self.sessions.find(held)
+        session = await self.sessions.find(held)
         principal = self.access.holder(session.token_hash) if session else None
         if principal is None:
             if not quiet:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -46,6 +48,16 @@ grants = sa.Table(
     sa.Column("granted_at", sa.Float, nullable=False),
 )
 
+# A counter every change of the tables above (and of browser sessions) moves on, in the same
+# transaction: each node reads it often and, when it moved, reads the tables again.
+generations = sa.Table(
+    "generations",
+    metadata,
+    sa.Column("name", sa.String, primary_key=True),
+    sa.Column("value", sa.Integer, nullable=False),
+)
+AUTH = "auth"  # the generations row of users, tokens, grants and sessions
+
 ADMIN = "admin"  # the first admin's name
 ADMIN_ENV_TOKEN_ID = "admin-env"  # the token MODELHOST_ADMIN_TOKEN names, replaced when it changes
 
@@ -81,6 +93,7 @@ class Snapshot:
     tokens: dict[str, TokenRecord]  # live ones (not revoked), by hash
     grants: dict[str, dict[str, Level]]  # principal -> target -> level
     targets: frozenset[str]  # every granted target, of anyone
+    generation: int  # the auth counter when it was read: it is at least this new
 
 
 class AuthStore:
@@ -88,11 +101,24 @@ class AuthStore:
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
-        metadata.create_all(engine)
         self.on_change = lambda: None
+
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[sa.Connection]:
+        """A transaction that changes who may do what: other nodes learn of it by the counter."""
+        with self.engine.begin() as db:
+            yield db
+            changed(db)
+        self.on_change()
+
+    def generation(self) -> int:
+        """The counter's value now: when it moves, something changed (on any node)."""
+        with self.engine.connect() as db:
+            return _generation(db)
 
     def snapshot(self) -> Snapshot:
         with self.engine.connect() as db:
+            generation = _generation(db)
             active = {
                 row.name: Principal(row.name, row.kind, row.admin)
                 for row in db.execute(
@@ -112,14 +138,14 @@ class AuthStore:
                 targets.add(row.target)
                 if row.principal in active:
                     granted.setdefault(row.principal, {})[row.target] = Level[row.level]
-        return Snapshot(active, live, granted, frozenset(targets))
+        return Snapshot(active, live, granted, frozenset(targets), generation)
 
     # --- identities
 
     def create_principal(self, name: str, kind: str = Kind.USER, admin: bool = False) -> Principal:
         if not name or name != name.strip() or ":" in name:
             raise InvalidInput(f"A user name needs characters and no ':' or edge spaces: {name!r}.")
-        with self.engine.begin() as db:
+        with self._changing() as db:
             if db.execute(sa.select(principals).where(principals.c.name == name)).first():
                 raise Conflict(f"'{name}' exists already (names of revoked ones are not reused).")
             db.execute(
@@ -127,7 +153,6 @@ class AuthStore:
                     name=name, kind=Kind(kind).value, admin=admin, created_at=time.time()
                 )
             )
-        self.on_change()
         return Principal(name, Kind(kind).value, admin)
 
     def list_principals(self) -> list[dict]:
@@ -146,11 +171,10 @@ class AuthStore:
         admins = [p for p in snapshot.principals.values() if p.admin]
         if snapshot.principals[name].admin and len(admins) == 1:
             raise InvalidInput(f"'{name}' is the last admin: make another admin first.")
-        with self.engine.begin() as db:
+        with self._changing() as db:
             db.execute(
                 principals.update().where(principals.c.name == name).values(revoked_at=time.time())
             )
-        self.on_change()
 
     # --- tokens
 
@@ -171,15 +195,14 @@ class AuthStore:
             "created_at": now,
             "expires_at": now + expires_in_s if expires_in_s else None,
         }
-        with self.engine.begin() as db:
+        with self._changing() as db:
             db.execute(token_rows.insert().values(hash=tokens.token_hash(secret), **row))
-        self.on_change()
         return secret, _shown_token(row)
 
     def set_token(self, principal: str, token_id: str, secret: str) -> None:
         """Make `secret` the token `token_id` of `principal` (MODELHOST_ADMIN_TOKEN)."""
         digest = tokens.token_hash(secret)
-        with self.engine.begin() as db:
+        with self._changing() as db:
             db.execute(token_rows.delete().where(token_rows.c.id == token_id))
             db.execute(token_rows.delete().where(token_rows.c.hash == digest))
             db.execute(
@@ -188,7 +211,6 @@ class AuthStore:
                     created_at=time.time(),
                 )
             )  # fmt: skip
-        self.on_change()
 
     def list_tokens(self, principal: str | None = None) -> list[dict]:
         query = sa.select(token_rows).where(token_rows.c.revoked_at.is_(None))
@@ -210,13 +232,12 @@ class AuthStore:
 
     def revoke_token(self, token_id: str) -> None:
         self.token_owner(token_id)
-        with self.engine.begin() as db:
+        with self._changing() as db:
             db.execute(
                 token_rows.update()
                 .where(token_rows.c.id == token_id)
                 .values(revoked_at=time.time())
             )
-        self.on_change()
 
     # --- grants
 
@@ -224,7 +245,7 @@ class AuthStore:
         check = _checked(check_target, target)
         if principal not in self.snapshot().principals:
             raise NotFound(f"No active user or service principal '{principal}'.")
-        with self.engine.begin() as db:
+        with self._changing() as db:
             db.execute(
                 grants.delete().where(grants.c.principal == principal, grants.c.target == check)
             )
@@ -234,15 +255,13 @@ class AuthStore:
                     granted_at=time.time(),
                 )
             )  # fmt: skip
-        self.on_change()
 
     def revoke(self, principal: str, target: str) -> bool:
         """False if there was no such grant."""
-        with self.engine.begin() as db:
+        with self._changing() as db:
             gone = db.execute(
                 grants.delete().where(grants.c.principal == principal, grants.c.target == target)
             ).rowcount
-        self.on_change()
         return gone > 0
 
     def list_grants(self, principal: str | None = None) -> list[dict]:
@@ -258,16 +277,25 @@ class AuthStore:
 
     def move_grants(self, old: str, new: str) -> None:
         """A renamed model keeps its grants (those on its exact name)."""
-        with self.engine.begin() as db:
+        with self._changing() as db:
             db.execute(grants.delete().where(grants.c.target == new))
             db.execute(grants.update().where(grants.c.target == old).values(target=new))
-        self.on_change()
 
     def drop_grants(self, target: str) -> None:
         """A deleted model's grants go with it: a new model of the same name starts clean."""
-        with self.engine.begin() as db:
+        with self._changing() as db:
             db.execute(grants.delete().where(grants.c.target == target))
-        self.on_change()
+
+
+def _generation(db: sa.Connection) -> int:
+    return db.execute(sa.select(generations.c.value).where(generations.c.name == AUTH)).scalar_one()
+
+
+def changed(db: sa.Connection) -> None:
+    """Move the counter on, in `db`'s transaction."""
+    db.execute(
+        generations.update().where(generations.c.name == AUTH).values(value=generations.c.value + 1)
+    )
 
 
 def _shown_token(row: dict) -> dict:

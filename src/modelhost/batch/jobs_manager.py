@@ -146,6 +146,14 @@ class JobManager:
         if wait_s > 0 and run.thread is not None:
             run.thread.join(wait_s)
 
+    def cancel_asked(self, asked: dict[str, str]) -> None:
+        """Cancel the jobs of this node that another node was asked to cancel (id -> why)."""
+        for job_id, reason in asked.items():
+            with self._lock:
+                run = self._runs.get(job_id)
+            if run is not None and not run.cancelled.is_set():
+                self.cancel(job_id, reason)
+
     def stop(self) -> None:
         """Cancel every running job and wait until their processes are gone."""
         with self._lock:

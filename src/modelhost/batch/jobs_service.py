@@ -7,6 +7,7 @@ everything is allowed; with auth on, rights are those of auth/policy.py (JOB_*).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -83,8 +84,17 @@ class Jobs:
         if job.state.finished:
             return job
         by = f" by {caller.name}" if caller is not None else ""
-        self.manager.cancel(job_id, f"Cancelled{by}.", wait_s=CANCEL_WAIT_S)
-        return self.store.get(job_id) or job
+        if job.node in (None, self.store.node):
+            self.manager.cancel(job_id, f"Cancelled{by}.", wait_s=CANCEL_WAIT_S)
+            return self.store.get(job_id) or job
+        # Its own node cancels it within a second (control/node.py): wait to answer it ended.
+        self.store.ask_cancel(job_id, f"Cancelled{by} (on node {self.store.node}).")
+        deadline = time.monotonic() + CANCEL_WAIT_S
+        now = job
+        while not now.state.finished and time.monotonic() < deadline:
+            time.sleep(0.1)
+            now = self.store.get(job_id) or now
+        return now
 
     def _resolve(self, ref: ModelRef) -> str:
         """The version `ref` names now: the job scores it even if an alias or stage moves."""

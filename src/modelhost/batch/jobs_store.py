@@ -1,7 +1,9 @@
 """Batch jobs in the platform's state database: the `batch_jobs` table.
 
-The table lives beside the serving tables (control/store.py) in the same database; it is made
-when the store of jobs opens, so a database of an older modelhost gains it then.
+The table lives beside the serving tables (control/store.py) in the same database, made by
+its migrations (modelhost/migrations). With several nodes on one database, each job runs on the
+node that took it (`node`); a cancel asked on another node is left in `cancel_reason` for the
+job's own node to carry out.
 """
 
 from __future__ import annotations
@@ -40,8 +42,11 @@ batch_jobs = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False, index=True),
     sa.Column("started_at", sa.Float, nullable=True),
     sa.Column("finished_at", sa.Float, nullable=True),
+    sa.Column("node", sa.String, nullable=True),  # the node it runs on; None: the only one
+    sa.Column("cancel_reason", sa.Text, nullable=True),  # asked on another node
 )
 
+_UNFINISHED = (JobState.PENDING.value, JobState.RUNNING.value)
 # The fields of a progress report (batch/jobs_manager.py reads them from the runner).
 PROGRESS = ("rows_done", "rows_total", "rows_failed", "rows_per_s", "message", "errors_file")
 
@@ -69,6 +74,8 @@ class JobRecord:
     created_at: float = 0.0
     started_at: float | None = None
     finished_at: float | None = None
+    node: str | None = None
+    cancel_reason: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The job as the API shows it: times in milliseconds, as MLflow's are."""
@@ -93,6 +100,7 @@ class JobRecord:
             "created_at": ms(self.created_at),
             "started_at": ms(self.started_at),
             "finished_at": ms(self.finished_at),
+            "node": self.node,
         }
 
 
@@ -104,13 +112,13 @@ def new_job(**fields: Any) -> JobRecord:
 class JobStore:
     """The jobs, in the state database whose engine it is given (SQLite or PostgreSQL)."""
 
-    def __init__(self, engine: sa.Engine) -> None:
+    def __init__(self, engine: sa.Engine, node: str | None = None) -> None:
         self.engine = engine
-        metadata.create_all(engine)
+        self.node = node  # this node's name: the jobs it adds run here
 
     def add(self, job: JobRecord) -> None:
         with self.engine.begin() as db:
-            db.execute(batch_jobs.insert().values(**_row(job)))
+            db.execute(batch_jobs.insert().values({**_row(job), "node": self.node}))
 
     def get(self, job_id: str) -> JobRecord | None:
         with self.engine.connect() as db:
@@ -137,18 +145,36 @@ class JobStore:
             done = db.execute(
                 batch_jobs.update()
                 .where(batch_jobs.c.id == job_id)
-                .where(batch_jobs.c.state.in_([JobState.PENDING.value, JobState.RUNNING.value]))
+                .where(batch_jobs.c.state.in_(_UNFINISHED))
                 .values(state=state.value, message=message, finished_at=time.time(), **fields)
             )
             return done.rowcount > 0
 
     def unfinished(self) -> list[JobRecord]:
-        """Jobs PENDING or RUNNING: at start, those a previous run of modelhost left."""
-        query = sa.select(batch_jobs).where(
-            batch_jobs.c.state.in_([JobState.PENDING.value, JobState.RUNNING.value])
-        )
+        """This node's jobs PENDING or RUNNING: at start, those its previous run left."""
         with self.engine.connect() as db:
-            return [_record(row._mapping) for row in db.execute(query)]
+            return [_record(row._mapping) for row in db.execute(self._own_unfinished())]
+
+    def ask_cancel(self, job_id: str, reason: str) -> None:
+        """Ask the node that runs the job to cancel it (it is another node)."""
+        with self.engine.begin() as db:
+            db.execute(
+                batch_jobs.update()
+                .where(batch_jobs.c.id == job_id, batch_jobs.c.state.in_(_UNFINISHED))
+                .values(cancel_reason=reason)
+            )
+
+    def cancels_asked(self) -> dict[str, str]:
+        """This node's unfinished jobs another node asked to cancel: id -> why."""
+        query = self._own_unfinished().where(batch_jobs.c.cancel_reason.is_not(None))
+        with self.engine.connect() as db:
+            return {row.id: row.cancel_reason for row in db.execute(query)}
+
+    def _own_unfinished(self) -> sa.Select:
+        return sa.select(batch_jobs).where(
+            batch_jobs.c.state.in_(_UNFINISHED),
+            sa.or_(batch_jobs.c.node == self.node, batch_jobs.c.node.is_(None)),
+        )
 
 
 def _row(job: JobRecord) -> dict[str, Any]:

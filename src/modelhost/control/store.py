@@ -9,6 +9,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from modelhost import migrations
+
 metadata = sa.MetaData()
 
 serving = sa.Table(
@@ -42,43 +44,51 @@ events = sa.Table(
     sa.Column("endpoint_version_name", sa.String, nullable=True),
     sa.Column("message", sa.String, nullable=False),
     sa.Column("actor", sa.String, nullable=True),  # who did it: audit events; None for modelhost
+    sa.Column("node", sa.String, nullable=True),  # which node recorded it
 )
 
 
 class StateStore:
-    """SQLite under the home by default; any SQLAlchemy URL (PostgreSQL) works the same."""
+    """SQLite under the home by default; PostgreSQL (any SQLAlchemy URL) for several nodes.
 
-    def __init__(self, url: str) -> None:
-        self.engine = sa.create_engine(url)
-        metadata.create_all(self.engine)
-        self._add_missing_columns()
+    Opening it migrates the database to this modelhost's schema (modelhost/migrations).
+    `node` names the node whose events this store records.
+    """
 
-    def _add_missing_columns(self) -> None:
-        """A state database made by an older modelhost gets the columns added since (each
-        nullable: None is the platform's default), so it opens and serves as it did."""
-        inspector = sa.inspect(self.engine)
-        for table in (serving, events):
-            present = {c["name"] for c in inspector.get_columns(table.name)}
-            for column in table.columns:
-                if column.name in present:
-                    continue
-                kind = column.type.compile(dialect=self.engine.dialect)
-                with self.engine.begin() as db:
-                    db.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
+    def __init__(self, url: str, node: str | None = None) -> None:
+        # A pooled connection the database dropped (restarted, failed over) is replaced, not
+        # handed out to fail.
+        self.engine = sa.create_engine(url, pool_pre_ping=True)
+        self.node = node
+        with migrations.start_lock(self.engine):
+            migrations.migrate(self.engine)
 
     @classmethod
-    def in_home(cls, home: Path) -> StateStore:
-        return cls(f"sqlite:///{home / 'state.db'}")
+    def in_home(cls, home: Path, node: str | None = None) -> StateStore:
+        return cls(f"sqlite:///{home / 'state.db'}", node)
+
+    def reachable(self) -> bool:
+        """Whether the database answers a query now."""
+        try:
+            with self.engine.connect() as db:
+                db.execute(sa.text("SELECT 1"))
+            return True
+        except sa.exc.SQLAlchemyError:
+            return False
 
     def enable(self, name: str) -> bool:
         """Turn serving on; False if it already was."""
-        with self.engine.begin() as db:
-            if db.execute(
-                sa.select(serving).where(serving.c.registered_model_name == name)
-            ).first():
-                return False
-            db.execute(serving.insert().values(registered_model_name=name, enabled_at=time.time()))
-            return True
+        try:
+            with self.engine.begin() as db:
+                query = sa.select(serving).where(serving.c.registered_model_name == name)
+                if db.execute(query).first():
+                    return False
+                db.execute(
+                    serving.insert().values(registered_model_name=name, enabled_at=time.time())
+                )
+                return True
+        except sa.exc.IntegrityError:  # another node turned it on meanwhile
+            return False
 
     def disable(self, name: str) -> bool:
         """Turn serving off; False if it was not on."""
@@ -121,6 +131,7 @@ class StateStore:
                     endpoint_version_name=version,
                     message=message,
                     actor=actor,
+                    node=self.node,
                 )
             )
 
@@ -140,6 +151,7 @@ class StateStore:
                     "endpoint_version_name": row.endpoint_version_name,
                     "message": row.message,
                     "user": row.actor,
+                    "node": row.node,
                 }
                 for row in db.execute(query)
             ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+from collections.abc import Callable
 from http import HTTPStatus
 
 import httpx
@@ -59,8 +60,10 @@ class Gateway:
         control: ServingControl,
         registry_secret: str | None = None,  # the embedded registry's, sent in place of callers'
         batch_jobs: JobsAPI | None = None,  # None: this gateway runs no batch jobs
+        state_reachable: Callable[[], bool] = lambda: True,  # has the state database answered
     ) -> None:
         self.settings = settings
+        self.state_reachable = state_reachable
         self.registry_url = registry_url
         self.registry_secret = registry_secret
         self.control = control
@@ -255,15 +258,20 @@ class Gateway:
         ]
 
     async def _health(self, send: Send) -> None:
-        """Ready when the registry answers."""
+        """Whether this node can serve, for load balancers: its registry answers and its state
+        database did lately (control/node.py reads it twice a second)."""
         try:
             async with httpx.AsyncClient(timeout=5) as client:
                 registry_ok = (await client.get(f"{self.registry_url}/health")).is_success
         except httpx.TransportError:
             registry_ok = False
-        status = HTTPStatus.OK if registry_ok else HTTPStatus.SERVICE_UNAVAILABLE
-        body = {
-            "status": "READY" if registry_ok else "REGISTRY_UNREACHABLE",
-            "registry": registry_ok,
-        }
-        await respond(send, status, orjson.dumps(body))
+        state_ok = self.state_reachable()
+        if not registry_ok:
+            status = "REGISTRY_UNREACHABLE"
+        elif not state_ok:
+            status = "STATE_STORE_UNREACHABLE"
+        else:
+            status = "READY"
+        body = {"status": status, "registry": registry_ok, "state_store": state_ok}
+        code = HTTPStatus.OK if status == "READY" else HTTPStatus.SERVICE_UNAVAILABLE
+        await respond(send, code, orjson.dumps(body))

@@ -103,6 +103,8 @@ def _query(name: str, description: str, required: bool = False) -> dict[str, Any
 
 NAME = {"type": "string", "minLength": 1}
 TEXT = {"type": "string"}
+BOOLEAN = {"type": "boolean"}
+HEALTH = _object({"status": TEXT, "registry": BOOLEAN, "state_store": BOOLEAN}, "status")
 NAME_QUERY = _query(
     "registered_model_name", "The registered model, e.g. `prod.ml_team.iris_model`.", True
 )
@@ -167,6 +169,7 @@ EVENT = _object(
         "endpoint_version_name": {"type": ["string", "null"]},
         "message": TEXT,
         "user": {"type": ["string", "null"]},
+        "node": {"type": ["string", "null"]},  # which node recorded it
     },
     "timestamp",
     "registered_model_name",
@@ -287,6 +290,7 @@ JOB = _object(
         "created_at": {"type": "integer"},
         "started_at": _INT_OR_NULL,
         "finished_at": _INT_OR_NULL,
+        "node": _TEXT_OR_NULL,
     },
     "job_id",
     "registered_model_name",
@@ -306,6 +310,7 @@ JOB_ANSWER_EXAMPLE = {
     "state": "RUNNING", "rows_done": 150000, "rows_total": 1000000, "rows_failed": 0,
     "rows_per_s": 61234.5, "message": None, "errors_file": None, "submitter": "alice",
     "created_at": 1767225600000, "started_at": 1767225602000, "finished_at": None,
+    "node": "node-a:8080",
 }  # fmt: skip
 JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": NAME,
           "example": "3f2a9c1d5e7b8a60"}  # fmt: skip
@@ -519,6 +524,7 @@ _PATHS: dict[str, Any] = {
                             "endpoint_version_name": "1",
                             "message": "Version 1 is ready.",
                             "user": None,
+                            "node": "node-a:8080",
                         }
                     ]
                 },
@@ -864,19 +870,20 @@ _PATHS: dict[str, Any] = {
     "/health": {
         "get": {
             "tags": ["Operations"],
-            "summary": "200 once the registry answers, 503 while it does not",
-            "description": "Open to all, with auth on too: for load balancers.",
+            "summary": "200 while this node can serve: its registry and state database answer",
+            "description": "Open to all, with auth on too: for load balancers. 503 says which "
+            "of the two does not answer (REGISTRY_UNREACHABLE, STATE_STORE_UNREACHABLE).",
             "security": [],
             "responses": {
                 "200": _json(
-                    {"status": "READY", "registry": True},
-                    _object({"status": TEXT, "registry": {"type": "boolean"}}, "status"),
+                    {"status": "READY", "registry": True, "state_store": True},
+                    HEALTH,
                 ),
                 "408": _error(ANSWERS[408]),
                 "431": _error(ANSWERS[431]),
                 "503": _json(
-                    {"status": "REGISTRY_UNREACHABLE", "registry": False},
-                    _object({"status": TEXT, "registry": {"type": "boolean"}}, "status"),
+                    {"status": "STATE_STORE_UNREACHABLE", "registry": True, "state_store": False},
+                    HEALTH,
                     "Not ready",
                 ),
             },

@@ -14,7 +14,7 @@ import httpx
 
 from modelhost.net import free_port
 from modelhost.processes import stop_group
-from modelhost.registry.guard import BODY_TIMEOUT_ENV, SECRET_ENV
+from modelhost.registry.guard import BODY_TIMEOUT_ENV, OWNER_ENV, SECRET_ENV
 
 log = logging.getLogger("modelhost.registry")
 
@@ -25,15 +25,22 @@ STOP_GRACE_S = 10.0
 class EmbeddedRegistry:
     """A `mlflow server` on a private loopback port, its artifacts served by it.
 
-    Its store is SQLite under the home unless `backend_store_uri` names another database. It
-    answers only requests that carry `secret` as a Bearer token (see `registry/guard.py`).
+    Its store is SQLite under the home unless `backend_store_uri` names another database, and
+    its model files are under the home unless `artifacts_destination` says where (both shared
+    by every node of several). It answers only requests that carry `secret` as a Bearer token
+    (see `registry/guard.py`), and ends with the process that started it.
     """
 
     def __init__(
-        self, home: Path, backend_store_uri: str | None = None, body_timeout_s: float | None = None
+        self,
+        home: Path,
+        backend_store_uri: str | None = None,
+        body_timeout_s: float | None = None,
+        artifacts_destination: str | None = None,
     ) -> None:
         self.folder = home / "registry"
         self.backend_store_uri = backend_store_uri or f"sqlite:///{self.folder / 'mlflow.db'}"
+        self.artifacts_destination = artifacts_destination or str(self.folder / "artifacts")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.body_timeout_s = body_timeout_s
@@ -46,8 +53,7 @@ class EmbeddedRegistry:
         self.folder.mkdir(parents=True, exist_ok=True)
         command = [
             sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", self.backend_store_uri,
-            "--serve-artifacts", "--artifacts-destination", str(self.folder / "artifacts"),
+            "--serve-artifacts",
             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
             "--app-name", "modelhost",  # MLflow's app behind our check: registry/guard.py
             "--uvicorn-opts", "--http modelhost.registry.guard:http_protocol",
@@ -56,7 +62,12 @@ class EmbeddedRegistry:
         env = {
             **os.environ,
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-            SECRET_ENV: self.secret,  # the environment, not the command line others can read
+            # The environment, not the command line any user of the machine can read: the
+            # secret, and the database URL, which may hold a password.
+            SECRET_ENV: self.secret,
+            "MLFLOW_BACKEND_STORE_URI": self.backend_store_uri,
+            "MLFLOW_ARTIFACTS_DESTINATION": self.artifacts_destination,
+            OWNER_ENV: str(os.getpid()),
         }
         if self.body_timeout_s is not None:
             env[BODY_TIMEOUT_ENV] = str(self.body_timeout_s)

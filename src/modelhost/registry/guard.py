@@ -12,6 +12,9 @@ from __future__ import annotations
 import functools
 import hmac
 import os
+import select
+import signal
+import threading
 from typing import Any
 
 from modelhost.asgi import Receive, Scope, Send, respond
@@ -21,6 +24,7 @@ from modelhost.gateway.client_limits import ClientLimits, LimitedHttpProtocol
 SECRET_ENV = "_MODELHOST_REGISTRY_SECRET"
 # The gateway's --body-timeout: an upload the gateway lets through, the registry takes too.
 BODY_TIMEOUT_ENV = "_MODELHOST_REGISTRY_BODY_TIMEOUT"
+OWNER_ENV = "_MODELHOST_REGISTRY_OWNER"  # the pid of the `modelhost up` that started it
 # Reveals nothing, and keeps readiness checks (ours and the gateway's /health) simple.
 OPEN_PATHS = frozenset({"/health"})
 REFUSED = Unauthenticated(
@@ -61,9 +65,27 @@ def create_app() -> SecretRequired:
     if not secret:
         # Never serve the registry open: a start without the secret is a bug, say so loudly.
         raise RuntimeError(f"{SECRET_ENV} is not set: the registry is started by `modelhost up`.")
+    if owner := os.environ.get(OWNER_ENV):
+        _end_with(int(owner))
     from mlflow.server.fastapi_app import app
 
     return SecretRequired(app, secret)
+
+
+def _end_with(owner: int) -> None:
+    """Stop the registry's process group when `modelhost up` ends, even killed (SIGKILL): a
+    registry no node answers for would hold its port, and its database, for good."""
+    try:
+        pidfd = os.pidfd_open(owner)
+    except ProcessLookupError:
+        os.killpg(os.getpgrp(), signal.SIGTERM)
+        return
+
+    def wait() -> None:
+        select.select([pidfd], [], [])  # readable once the owner has exited
+        os.killpg(os.getpgrp(), signal.SIGTERM)
+
+    threading.Thread(target=wait, name="modelhost-owner", daemon=True).start()
 
 
 def http_protocol(**kwargs: Any) -> LimitedHttpProtocol:
