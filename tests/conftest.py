@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -13,7 +14,7 @@ from mlflow.types import Schema, TensorSpec
 from sklearn.datasets import load_diabetes, load_iris
 from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 from sklearn.linear_model import Ridge
-from support import Server, start_all, stop_all
+from support import Postgres, Server, start_all, stop_all
 
 TOYS = Path(__file__).parent / "toys"
 TREES = ["sklearn.tree._tree.Tree"]  # MLflow's skops format asks us to trust tree nodes
@@ -120,3 +121,12 @@ def servers(model_paths, tmp_path_factory):
 @pytest.fixture(scope="session")
 def log_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("server-logs")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """One PostgreSQL server for the session (it takes seconds to start); each test module
+    makes its own databases with `postgres.database(name)`. A test that kills the database
+    starts a `Postgres()` of its own, so other modules never see it go."""
+    with Postgres() as server:
+        yield server

@@ -808,3 +808,341 @@ def group_pss(group: int) -> int:
         except (FileNotFoundError, ProcessLookupError, ValueError):
             continue  # a process that ended between the listing and the read
     return total
+
+
+# --- PostgreSQL and nginx of the tests' own, for several `modelhost up` nodes
+
+APT_TIMEOUT_S = 900
+POSTGRES_TIMEOUT_S = 60  # initdb, a start or a stop: seconds normally, a minute on a busy machine
+
+
+def apt_install(package: str, program: str) -> None:
+    """Install Debian's `package` for tests that need `program`, or fail saying how by hand."""
+    import pytest
+
+    by_hand = f"Install {program} for these tests: `sudo apt-get install -y {package}`."
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        pytest.fail(by_hand)
+    quiet = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    wait_lock = ["-o", f"DPkg::Lock::Timeout={APT_TIMEOUT_S}"]  # another install may be running
+    for command in (
+        ["apt-get", *wait_lock, "update", "-q"],
+        ["apt-get", *wait_lock, "install", "-y", "-q", package],
+    ):
+        done = subprocess.run(command, env=quiet, capture_output=True, text=True,
+                              timeout=APT_TIMEOUT_S, stdin=subprocess.DEVNULL)  # fmt: skip
+        if done.returncode != 0:
+            pytest.fail(f"{' '.join(command)} failed:\n{done.stdout}\n{done.stderr}\n{by_hand}")
+
+
+def stop_by_pid_file(pid_files: list[Path], sig: signal.Signals = signal.SIGTERM) -> None:
+    """Signal the processes the pid files name and wait until they are gone."""
+    for pid_file in pid_files:
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(pid_file.read_text().split()[0])
+            os.kill(pid, sig)
+            wait_for(lambda pid=pid: _ended(pid), 30, f"{pid_file}'s {pid} to end")
+
+
+def _ended(pid: int) -> bool:
+    """Gone, or a zombie its parent has yet to reap (it holds no port or file any more)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def postgres_bin() -> Path:
+    """The folder of the newest PostgreSQL server programs (initdb, pg_ctl), installing them
+    with apt-get if there are none. A machine may have the client `psql` and no server."""
+
+    def find() -> Path | None:
+        debian = sorted(
+            Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+            key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
+        )
+        if debian:
+            return debian[-1].parent
+        elsewhere = shutil.which("initdb")  # other systems put them on PATH
+        return Path(elsewhere).parent if elsewhere else None
+
+    found = find()
+    if found is None:
+        apt_install("postgresql", "the PostgreSQL server")
+        # Where services may start, the package started a system server: it would outlive us.
+        stop_by_pid_file(list(Path("/run/postgresql").glob("*.pid")))
+        found = find()
+        assert found, "apt-get installed postgresql, yet no initdb is in /usr/lib/postgresql"
+    return found
+
+
+class Postgres:
+    """A PostgreSQL server of the tests' own on a free loopback port, with a throwaway cluster.
+
+    `database(name)` makes a database and returns the URL a user would give modelhost. As
+    root, the server runs as Debian's `postgres` user: PostgreSQL refuses to run as root.
+    """
+
+    def __init__(self) -> None:
+        self.bin = postgres_bin()
+        self.port = free_port()
+        self.as_postgres = os.geteuid() == 0
+        # Outside pytest's temporary folders, which are 0700 to root: the server must enter it.
+        self.folder = Path(tempfile.mkdtemp(prefix="modelhost-test-postgres-"))
+        self.data = self.folder / "data"  # also holds the Unix socket psql uses
+        self.log_path = self.folder / "postgres.log"
+        self.password = uuid.uuid4().hex  # the superuser's, for URLs over TCP
+        self.stopped = False
+        atexit.register(self.stop)  # a failing test never leaves a server running
+        if self.as_postgres:
+            shutil.chown(self.folder, "postgres", "postgres")
+        self._initdb()
+
+    def __enter__(self) -> Postgres:
+        return self.start()
+
+    def __exit__(self, *_) -> None:
+        self.stop()
+
+    def _run(self, program: str, *args: str) -> None:
+        """Run one of the server's programs as the user the server runs as."""
+        command = [str(self.bin / program), *args]
+        if self.as_postgres:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        done = subprocess.run(
+            command, cwd=self.folder, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+            timeout=POSTGRES_TIMEOUT_S + 30,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"{program} {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}\n{self.log()}"
+            )
+
+    def _initdb(self) -> None:
+        pwfile = self.folder / "pwfile"
+        pwfile.write_text(self.password)
+        if self.as_postgres:
+            shutil.chown(pwfile, "postgres", "postgres")
+        try:
+            self._run("initdb", "-D", str(self.data), "-U", "postgres", f"--pwfile={pwfile}",
+                      "--auth-local=trust", "--auth-host=scram-sha-256",
+                      "-E", "UTF8", "--locale=C")  # fmt: skip
+        finally:
+            pwfile.unlink()
+
+    def start(self) -> Postgres:
+        """Start the server (again, on the same port and data) and wait until it accepts."""
+        options = " ".join([
+            f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.data}",
+            # Test data is thrown away: skipping disk flushes spares the shared machine's disk.
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            "-c max_connections=300",  # several nodes, each with pools for MLflow and its state
+        ])  # fmt: skip
+        self._run("pg_ctl", "start", "-D", str(self.data), "-l", str(self.log_path), "-w",
+                  "-t", str(POSTGRES_TIMEOUT_S), "-o", options)  # fmt: skip
+        return self
+
+    def kill(self) -> None:
+        """Stop the server at once, as a crash would, keeping its data for `start()`."""
+        self._run("pg_ctl", "stop", "-D", str(self.data), "-m", "immediate", "-w",
+                  "-t", str(POSTGRES_TIMEOUT_S))  # fmt: skip
+
+    def restart(self) -> Postgres:
+        """`kill()`, then `start()` on the same port: clients see the database go and come back."""
+        self.kill()
+        return self.start()
+
+    def running(self) -> bool:
+        try:
+            pid = int((self.data / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return False
+        return not _ended(pid)
+
+    def stop(self) -> None:
+        """Stop the server and remove its cluster; once stopped, a second stop does nothing."""
+        if self.stopped:
+            return
+        self.stopped = True
+        atexit.unregister(self.stop)
+        try:
+            if self.running():
+                self._run("pg_ctl", "stop", "-D", str(self.data), "-m", "fast", "-w",
+                          "-t", str(POSTGRES_TIMEOUT_S))  # fmt: skip
+        except BaseException:
+            # SIGQUIT: PostgreSQL's immediate shutdown, which waits for no client.
+            stop_by_pid_file([self.data / "postmaster.pid"], signal.SIGQUIT)
+            raise
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def log(self) -> str:
+        """The server's log, to show when a test fails."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no server log)"
+
+    def sql(self, statement: str, database: str = "postgres") -> str:
+        """Run `statement` as the superuser over the Unix socket; its rows, unaligned."""
+        done = subprocess.run(
+            [str(self.bin / "psql"), "-h", str(self.data), "-p", str(self.port), "-U", "postgres",
+             "-d", database, "-v", "ON_ERROR_STOP=1", "-X", "-q", "-A", "-t", "-c", statement],
+            capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(f"psql failed on {statement!r}:\n{done.stderr}")
+        return done.stdout
+
+    def database(self, name: str, own_role: bool = True) -> str:
+        """Create database `name` and return its SQLAlchemy URL with a password over TCP.
+
+        `own_role`: the database belongs to a role of the same name with its own password, as
+        a user would set one up; otherwise the URL names the superuser.
+        """
+        if not (name.isascii() and name.isidentifier() and name == name.lower()):
+            raise ValueError(f"database name {name!r}: use lower-case letters, digits and _")
+        user, password = "postgres", self.password
+        if own_role:
+            user, password = name, uuid.uuid4().hex
+            self.sql(f"CREATE ROLE {user} LOGIN PASSWORD '{password}'")
+        self.sql(f"CREATE DATABASE {name} OWNER {user}")
+        return f"postgresql://{user}:{password}@127.0.0.1:{self.port}/{name}"
+
+
+NGINX_TIMEOUT_S = 30
+
+
+def nginx_config(listen_port: int, upstream_ports: list[int], prefix: Path) -> str:
+    """nginx in front of identical modelhost nodes on this machine: the README's example.
+
+    Scoring is retried on the next node even once sent (it has no side effects, so a request
+    cut off by a dying node is safe to send again); anything else, such as a registry write,
+    only when it never reached a node.
+    """
+    servers = "\n".join(
+        f"        server 127.0.0.1:{port} max_fails=1 fail_timeout=2s;" for port in upstream_ports
+    )
+    return f"""\
+worker_processes auto;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+
+events {{
+    worker_connections 1024;
+}}
+
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/client_body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+
+    upstream modelhost {{
+        zone modelhost 64k;  # workers share which node is down
+{servers}
+        keepalive 32;
+    }}
+
+    server {{
+        listen 127.0.0.1:{listen_port};
+
+        client_max_body_size 1g;  # MLflow's artifact uploads come through here
+        proxy_http_version 1.1;  # with an empty Connection: pooled connections to the nodes
+        proxy_set_header Connection "";
+        proxy_set_header Host $host;
+        proxy_connect_timeout 1s;  # a node that is gone is refused at once; a hung one, not
+        # Large artifact uploads and downloads stream through instead of filling a disk.
+        proxy_request_buffering off;
+        proxy_buffering off;
+
+        location ~ ^/model/.+/invocations$ {{
+            proxy_pass http://modelhost;
+            # Buffered, so the whole body can be sent again to the next node.
+            proxy_request_buffering on;
+            proxy_next_upstream error timeout http_502 http_503 non_idempotent;
+            proxy_next_upstream_tries 2;
+        }}
+
+        location / {{
+            proxy_pass http://modelhost;
+        }}
+    }}
+}}
+"""
+
+
+def nginx_program() -> str:
+    """nginx, installed with apt-get if it is missing."""
+    found = shutil.which("nginx") or shutil.which("/usr/sbin/nginx")
+    if found:
+        return found
+    apt_install("nginx", "nginx")
+    # Where services may start, the package started a system nginx on port 80: it would
+    # outlive us.
+    stop_by_pid_file([Path("/run/nginx.pid")])
+    found = shutil.which("/usr/sbin/nginx")
+    assert found, "apt-get installed nginx, yet there is no /usr/sbin/nginx"
+    return found
+
+
+class Nginx:
+    """nginx on a free loopback port in front of modelhost nodes on `upstream_ports`, with
+    `nginx_config()` in a folder of its own."""
+
+    def __init__(self, upstream_ports: list[int]) -> None:
+        self.program = nginx_program()
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        # Outside pytest's folders (0700 to root): nginx's workers run as nobody under root.
+        self.prefix = Path(tempfile.mkdtemp(prefix="modelhost-test-nginx-"))
+        self.prefix.chmod(0o755)
+        self.config_path = self.prefix / "nginx.conf"
+        self.config_path.write_text(nginx_config(self.port, upstream_ports, self.prefix))
+        self.log_path = self.prefix / "error.log"
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> Nginx:
+        return self.start()
+
+    def __exit__(self, *_) -> None:
+        self.stop()
+
+    def start(self) -> Nginx:
+        """Start nginx and wait until it accepts connections."""
+        self.process = subprocess.Popen(
+            [self.program, "-p", str(self.prefix), "-c", str(self.config_path),
+             "-e", str(self.log_path), "-g", "daemon off;"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        atexit.register(self.stop)  # a failing test never leaves nginx running
+        try:
+            wait_for(self._accepts, NGINX_TIMEOUT_S, f"nginx to listen on {self.port}")
+        except AssertionError as e:
+            log = self.log()  # before `stop()` removes it
+            self.stop()
+            raise AssertionError(f"{e}:\n{log}") from None
+        return self
+
+    def _accepts(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"nginx exited with {self.process.returncode}")
+        with socket.socket() as probe:
+            return probe.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGTERM) of nginx and its workers; a second stop does nothing."""
+        atexit.unregister(self.stop)
+        if self.process is not None:
+            stop_group(self.process, NGINX_TIMEOUT_S)
+        shutil.rmtree(self.prefix, ignore_errors=True)
+
+    def log(self) -> str:
+        """nginx's error log, to show when a test fails."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no nginx log)"
