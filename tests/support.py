@@ -1052,7 +1052,7 @@ http {{
         client_max_body_size 1g;  # MLflow's artifact uploads come through here
         proxy_http_version 1.1;  # with an empty Connection: pooled connections to the nodes
         proxy_set_header Connection "";
-        proxy_set_header Host $host;
+        proxy_set_header Host $http_host;  # with its port: the page checks where it came from
         proxy_connect_timeout 1s;  # a node that is gone is refused at once; a hung one, not
         # Large artifact uploads and downloads stream through instead of filling a disk.
         proxy_request_buffering off;

@@ -130,6 +130,7 @@ class Controller:
             frozen(self.preparer.view()), frozen(self.supervisor.view()), frozen(dict(last_request))
         )
         planned = plan(desired, actual, self.board.table, now)
+        self.board.starting = not self.desired.read_once
         self.board.publish(planned.routes)
         for action in planned.actions:
             self._carry_out(action)

@@ -47,6 +47,7 @@ class DesiredReader:
         self.changed = changed  # called on the event loop when what is desired has changed
         self.interval_s = interval_s
         self.latest: dict[str, DesiredModel] = {}
+        self.read_once = False  # until then, `latest` says nothing: it was never read
         self._wake = asyncio.Event()
         self._unreadable: set[str] = set()  # said once, not every second
 
@@ -62,8 +63,8 @@ class DesiredReader:
             except Exception as e:  # the state store away: keep what is known
                 log.warning("Could not read the served models from the state store: %s", e)
             else:
-                if read != self.latest:
-                    self.latest = read
+                if read != self.latest or not self.read_once:
+                    self.latest, self.read_once = read, True
                     self.changed()
             try:
                 async with asyncio.timeout(self.interval_s):

@@ -115,6 +115,9 @@ class RouteBoard:
 
     def __init__(self) -> None:
         self.table = RouteTable()
+        # Until the controller first read what should be served: a model missing from the
+        # table may well be served (a node just started behind a balancer), not unknown.
+        self.starting = True
         # Served model -> when (the event loop's clock) it last got a scoring request: written
         # by the gateway as requests come, read by planning; no lock, as both run on one loop.
         self.last_request: dict[str, float] = {}

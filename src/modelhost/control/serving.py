@@ -68,6 +68,11 @@ class ServingControl:
     def routes(self) -> RouteTable:
         return self.board.table
 
+    @property
+    def starting(self) -> bool:
+        """Whether this node has yet to read which models it serves."""
+        return self.board.starting
+
     async def enable(self, name: str, settings: dict[str, Any], actor: str | None) -> None:
         """Turn serving on, with `settings` (checked by control/settings.py `parse`) if any."""
         await asyncio.to_thread(self._must_exist, name)

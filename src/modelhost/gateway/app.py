@@ -231,6 +231,8 @@ class Gateway:
         """The ready version `ref` names and its server; NotFound or NotReady."""
         routes = self.control.routes.models.get(name)
         version = routes.resolve(ref) if routes else None
+        if routes is None and self.control.starting:
+            raise NotReady("This node has just started and is reading which models it serves.")
         if routes is None or version is None:
             raise NotFound(f"No served model '{name}' with a version, stage or alias '{ref}'.")
         route = routes.versions[version]
