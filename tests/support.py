@@ -506,6 +506,19 @@ def all_model_servers(platform: Platform) -> list[int]:
     return found
 
 
+def registry_server(platform: Platform) -> int:
+    """The pid of the `mlflow server` `platform` runs: the leader of the registry's process
+    group. Its command line names no path of the home (those travel by environment)."""
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):  # gone meanwhile
+            pid = int(proc.name)
+            if command_of(pid)[2:4] == [b"mlflow", b"server"] and platform.marker.encode() in (
+                proc / "environ"
+            ).read_bytes().split(b"\0"):
+                return pid
+    raise AssertionError("the embedded registry is not running")
+
+
 def model_servers(platform: Platform, name: str) -> list[int]:
     """Process ids of the model servers `platform` runs for registered model `name`: those
     that write the model's own log file, which tells whose server it is."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import threading
 import time
 import warnings
@@ -15,7 +14,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 from sklearn.linear_model import LogisticRegression
-from support import ONE_ROW, Platform, cli, eventually, model_servers
+from support import ONE_ROW, Platform, cli, eventually, model_servers, registry_server
 
 API = "/api/2.0/preview/mlflow/endpoints"
 
@@ -126,11 +125,7 @@ def test_a_failed_version_and_a_dead_model_server_leave_the_rest_serving(
     assert any("exited with code -9; restarting" in e["message"] for e in events)
 
     # With the registry gone, its server and workers, the routes the controller has keep serving.
-    registry = subprocess.run(
-        ["pgrep", "-f", f"mlflow server.*{platform.home}"], capture_output=True, text=True
-    ).stdout.split()
-    assert len(registry) == 1, "the embedded registry is not running"
-    os.killpg(int(registry[0]), signal.SIGKILL)
+    os.killpg(registry_server(platform), signal.SIGKILL)
     assert httpx.get(f"{platform.url}/health").status_code == 503
     for _ in range(15):  # over several reconcile ticks
         assert client.post(f"/model/{name}/1/invocations", json=ONE_ROW).status_code == 200

@@ -8,14 +8,20 @@ The last test stops the database itself: scoring goes on, /health says what is w
 
 from __future__ import annotations
 
+import os
 import secrets
+import shutil
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import mlflow
+import pandas as pd
 import pytest
+import sqlalchemy as sa
 from support import (
     ONE_ROW,
     Platform,
@@ -29,8 +35,11 @@ from support import (
 SERVING = "/api/2.0/mlflow/endpoints"
 MODELHOST = "/api/2.0/modelhost"
 SESSION = f"{MODELHOST}/session"
+JOBS = f"{MODELHOST}/batch/jobs"
+TOYS = Path(__file__).parents[1] / "toys"
 MODEL = "fraud"
 ADMIN_TOKEN = "mh_" + secrets.token_urlsafe(32)
+DATABASES: dict[str, str] = {}  # the module's, by what they hold: their URLs have passwords
 
 
 @dataclass
@@ -75,14 +84,30 @@ def database_server():
 
 
 @pytest.fixture(scope="module")
-def nodes(database_server, tmp_path_factory):
+def batch_root():
+    """One batch folder for both nodes, as a team mounts one; outside pytest's folders, which
+    the model user that runs jobs may not enter."""
+    root = Path(tempfile.mkdtemp(prefix="modelhost-nodes-batch-"))
+    (root / "data").mkdir()
+    os.chmod(root / "data", 0o755)
+    pd.DataFrame({"x": range(60), "seconds": 1.0}).to_csv(root / "data/slow.csv", index=False)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def nodes(database_server, batch_root, tmp_path_factory):
     postgres = database_server
     artifacts = tmp_path_factory.mktemp("shared-artifacts")
+    DATABASES.update(
+        state=postgres.database("nodes_state"), registry=postgres.database("nodes_registry")
+    )
     shared = [
         "--auth", "--admin-token", ADMIN_TOKEN,
-        "--state-uri", postgres.database("nodes_state"),
-        "--registry-uri", postgres.database("nodes_registry"),
+        "--state-uri", DATABASES["state"],
+        "--registry-uri", DATABASES["registry"],
         "--artifacts-destination", str(artifacts),
+        "--batch-root", str(batch_root),
     ]  # fmt: skip
     made = [
         Node(name, Platform(tmp_path_factory.mktemp(name) / "home", *shared, "--node-name", name))
@@ -184,6 +209,36 @@ def test_a_browser_session_opened_on_one_node_is_known_to_every_node(nodes):
     )
 
 
+def test_a_batch_job_runs_on_the_node_that_took_it_and_is_cancelled_through_any(nodes):
+    a, b = nodes
+    with signed_in_as(a.platform.url, ADMIN_TOKEN):
+        mlflow.set_experiment("nodes")
+        with mlflow.start_run():
+            mlflow.pyfunc.log_model(
+                name="model", python_model=str(TOYS / "sleeper.py"),
+                registered_model_name="sleepy", pip_requirements=["mlflow", "pandas"],
+            )  # fmt: skip
+    body = {"model_uri": "models:/sleepy/1", "input": "data/slow.csv", "output": "out/slow",
+            "chunk_rows": 1}  # fmt: skip
+    submitted = a.call("POST", JOBS, json=body)
+    assert submitted.status_code == 200, submitted.text
+    job_id = submitted.json()["job"]["job_id"]
+
+    def running_on_a() -> None:
+        job = b.call("GET", f"{JOBS}/{job_id}").json()["job"]
+        assert (job["state"], job["node"]) == ("RUNNING", "node-a"), job
+
+    eventually(running_on_a, 120)
+    assert b.call("POST", f"{JOBS}/{job_id}/cancel").status_code == 200
+
+    def cancelled() -> None:
+        job = a.call("GET", f"{JOBS}/{job_id}").json()["job"]
+        assert job["state"] == "CANCELLED", job
+        assert job["message"] == "Cancelled by admin (on node node-b).", job
+
+    followed("node-a cancelling its job, asked on node-b", cancelled, 30)
+
+
 def test_serving_turned_off_on_one_node_stops_every_node(nodes):
     a, b = nodes
     assert b.serving("disable").status_code == 200
@@ -220,6 +275,22 @@ def test_health_says_the_state_database_is_away_while_models_go_on_answering(
     for node in nodes:
         eventually(lambda node=node: _status(httpx.get(f"{node.platform.url}/health"), 200), 60)
         assert node.score().status_code == 200
+
+
+def test_no_log_and_no_model_server_holds_a_database_password(nodes):
+    passwords = [sa.engine.make_url(url).password for url in DATABASES.values()]
+    assert all(passwords)
+    for node in nodes:
+        assert model_servers(node.platform, MODEL)  # served again by the test before
+        home = node.platform.home
+        logs = [node.platform.log_path, *home.glob("registry/*.log"), *home.glob("logs/**/*.log")]
+        for log in logs:
+            text = log.read_text(errors="replace")
+            assert not any(password in text for password in passwords), log
+        for pid in model_servers(node.platform, MODEL):
+            environ = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+            assert "MODELHOST" not in environ
+            assert not any(password in environ for password in passwords)
 
 
 def _serves(node: Node) -> None:

@@ -84,8 +84,7 @@ ABOUT_A_MODEL = {
 # a run's files and GraphQL queries are judged by nothing here yet, so only admins make them.
 UI_CALLS = {"/model-versions/get-artifact": Rule("Reading", Level.READ, "name")}
 ENDED = (
-    "The browser's session has ended (signed out, expired, its token revoked, or the gateway "
-    "restarted): sign in again."
+    "The browser's session has ended (signed out, expired, or its token revoked): sign in again."
 )
 NOT_OWN_PAGE = (
     "A change signed in only by the browser's session cookie must come from the gateway's own "

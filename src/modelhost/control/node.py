@@ -34,7 +34,6 @@ nodes = sa.Table(
 INTERVAL_S = 0.5
 # Beyond this without a good read, the database counts as unreachable (a slow query is not).
 STALE_S = 5.0
-ALIVE_S = 10.0  # a node not seen for longer is shown as gone
 
 Read = Callable[[], Any]  # on a thread: the news, or None
 Apply = Callable[[Any], None]  # on the event loop
@@ -97,18 +96,6 @@ class Node:
         self._failing = False
         self._read_at = time.monotonic()
         return news
-
-
-def listed(store: StateStore) -> list[dict[str, Any]]:
-    """Every node that ever joined, as the control API shows them."""
-    now = time.time()
-    with store.engine.connect() as db:
-        rows = db.execute(sa.select(nodes).order_by(nodes.c.name))
-        return [
-            {"name": row.name, "url": row.url, "started_at": int(row.started_at * 1000),
-             "seen_at": int(row.seen_at * 1000), "alive": now - row.seen_at < ALIVE_S}
-            for row in rows
-        ]  # fmt: skip
 
 
 def _first_line(error: Exception) -> str:

@@ -67,15 +67,6 @@ class StateStore:
     def in_home(cls, home: Path, node: str | None = None) -> StateStore:
         return cls(f"sqlite:///{home / 'state.db'}", node)
 
-    def reachable(self) -> bool:
-        """Whether the database answers a query now."""
-        try:
-            with self.engine.connect() as db:
-                db.execute(sa.text("SELECT 1"))
-            return True
-        except sa.exc.SQLAlchemyError:
-            return False
-
     def enable(self, name: str) -> bool:
         """Turn serving on; False if it already was."""
         try:
