@@ -253,5 +253,7 @@ def test_failed_sign_ins_count_towards_the_addresses_limit(platform):
     limited = browser.sign_in("mh_guess-again")
     assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
     # The same limit as a wrong Authorization header's.
-    header = httpx.get(f"{platform.url}{API}/list", headers={"Authorization": "Bearer mh_wrong"})
-    assert header.status_code == 429
+    # (One allowance comes back each second: on a loaded machine one try may find it.)
+    wrong = {"Authorization": "Bearer mh_wrong"}
+    tries = [httpx.get(f"{platform.url}{API}/list", headers=wrong).status_code for _ in range(3)]
+    assert 429 in tries, tries
