@@ -8,7 +8,9 @@ moves the auth counter, which this node reads twice a second (`news`, control/no
 
 from __future__ import annotations
 
+import threading
 import time
+from dataclasses import dataclass, field
 
 from modelhost.auth import tokens
 from modelhost.auth.policy import EXPERIMENT, Level, covers, level_on
@@ -17,16 +19,29 @@ from modelhost.auth.store import AuthStore, Principal, Snapshot, TokenRecord
 CACHE_LIMIT = 100_000  # entries per cache; past it, a cache starts again empty
 
 
+@dataclass(frozen=True)
+class _Known:
+    """A snapshot and what was worked out from it, replaced whole: a check that began with one
+    finishes with it, and what it caches goes into that one's caches, never a newer one's."""
+
+    snapshot: Snapshot
+    # header -> (principal, expires_at): skips parsing and hashing for a known header
+    identities: dict[bytes, tuple[Principal, float | None]] = field(default_factory=dict)
+    levels: dict[tuple[str, str], Level | None] = field(default_factory=dict)
+
+
 class Access:
     def __init__(self, store: AuthStore, default_experiment: Level | None = Level.READ) -> None:
         self.store = store
         # What a caller may do on an experiment no grant of theirs names (MLflow's default).
         self.default_experiment = default_experiment
-        self._snapshot: Snapshot = store.snapshot()
-        # header -> (principal, expires_at): skips parsing and hashing for a known header
-        self._identities: dict[bytes, tuple[Principal, float | None]] = {}
-        self._levels: dict[tuple[str, str], Level | None] = {}
+        self._known = _Known(store.snapshot())
+        self._installing = threading.Lock()  # changes install from threads of their own
         store.on_change = self.reload
+
+    @property
+    def _snapshot(self) -> Snapshot:
+        return self._known.snapshot
 
     def reload(self) -> None:
         self.install(self.store.snapshot())
@@ -38,40 +53,41 @@ class Access:
         return self.store.snapshot()
 
     def install(self, snapshot: Snapshot) -> None:
-        """On the event loop: answer from `snapshot` from now on, unless it is older."""
-        if snapshot.generation < self._snapshot.generation:
-            return
-        self._snapshot = snapshot
-        self._identities = {}
-        self._levels = {}
+        """Answer from `snapshot` from now on, unless it is older than the one in use."""
+        with self._installing:
+            if snapshot.generation >= self._snapshot.generation:
+                self._known = _Known(snapshot)
 
     def who(self, authorization: bytes) -> Principal | None:
         """The live principal an Authorization header's token belongs to, or None."""
-        known = self._identities.get(authorization)
-        if known is None:
-            known = self._verify(authorization)
-            if known is None:
+        known = self._known
+        found = known.identities.get(authorization)
+        if found is None:
+            found = self._verify(known.snapshot, authorization)
+            if found is None:
                 return None
-            if len(self._identities) >= CACHE_LIMIT:
-                self._identities = {}
-            self._identities[authorization] = known
-        principal, expires_at = known
+            if len(known.identities) >= CACHE_LIMIT:
+                known.identities.clear()
+            known.identities[authorization] = found
+        principal, expires_at = found
         if expires_at is not None and expires_at <= time.time():
             return None
         return principal
 
-    def _verify(self, authorization: bytes) -> tuple[Principal, float | None] | None:
+    def _verify(
+        self, snapshot: Snapshot, authorization: bytes
+    ) -> tuple[Principal, float | None] | None:
         found = tokens.credential(authorization)
         if found is None:
             return None
         secret, basic_user = found
         digest = tokens.token_hash(secret)
-        record = self._snapshot.tokens.get(digest)
+        record = snapshot.tokens.get(digest)
         if record is None or not tokens.same_hash(record.hash, digest):
             return None
         if basic_user not in (None, tokens.BASIC_USER, record.principal):
             return None
-        principal = self._snapshot.principals.get(record.principal)
+        principal = snapshot.principals.get(record.principal)
         return (principal, record.expires_at) if principal else None
 
     def token(self, secret: str) -> TokenRecord | None:
@@ -82,28 +98,30 @@ class Access:
 
     def holder(self, token_hash: str) -> Principal | None:
         """Who holds the live token with this hash (a browser session's), or None."""
-        record = self._snapshot.tokens.get(token_hash)
+        snapshot = self._snapshot
+        record = snapshot.tokens.get(token_hash)
         if record is None or (record.expires_at is not None and record.expires_at <= time.time()):
             return None
-        return self._snapshot.principals.get(record.principal)
+        return snapshot.principals.get(record.principal)
 
     def level(self, principal: Principal, target: str) -> Level | None:
         """What `principal` may do on a registered model, a prefix of names or an experiment."""
         if principal.admin:
             return Level.MANAGE
+        known = self._known
         key = (principal.name, target)
         try:
-            return self._levels[key]
+            return known.levels[key]
         except KeyError:
             pass
-        if len(self._levels) >= CACHE_LIMIT:
-            self._levels = {}
-        granted = self._snapshot.grants.get(principal.name, {})
+        if len(known.levels) >= CACHE_LIMIT:
+            known.levels.clear()
+        granted = known.snapshot.grants.get(principal.name, {})
         if target.startswith(EXPERIMENT):  # prefix grants are on model names only
             found = granted.get(target, self.default_experiment)
         else:
             found = level_on(granted, target)
-        self._levels[key] = found
+        known.levels[key] = found
         return found
 
     def allows(self, principal: Principal, target: str, needed: Level) -> bool:

@@ -8,6 +8,7 @@ from another site's page is refused, so no site can sign a browser in as someone
 
 from __future__ import annotations
 
+import asyncio
 from http import HTTPStatus
 
 import orjson
@@ -57,7 +58,7 @@ class SessionAPI:
             return
         # Signing in or out ends the session the browser had: a new one gets a new id.
         if (held := session_id(scope["headers"])) is not None:
-            self.sessions.close(held)
+            await asyncio.to_thread(self.sessions.close, held)  # a database write
         if method == "DELETE":
             await _answer(send, None, CLEARED)
             return
@@ -71,7 +72,9 @@ class SessionAPI:
         if record is None or principal is None:
             await self._failed(scope, send)
             return
-        opened = self.sessions.open(principal.name, record.hash, record.expires_at)
+        opened = await asyncio.to_thread(
+            self.sessions.open, principal.name, record.hash, record.expires_at
+        )
         await _answer(send, principal, set_cookie(opened))
 
     async def _failed(self, scope: Scope, send: Send) -> None:
