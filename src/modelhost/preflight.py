@@ -15,6 +15,7 @@ from modelhost.config import UpSettings
 from modelhost.errors import ModelhostError
 
 log = logging.getLogger("modelhost.auth")
+stores_log = logging.getLogger("modelhost")
 
 
 class SetupError(ModelhostError):
@@ -100,12 +101,12 @@ def _check_stores(settings: UpSettings) -> None:
         if uri and not uri.startswith(("http://", "https://")):
             _check_database(flag, uri)
     if settings.state_uri and not settings.registry_uri:
-        log.warning(
+        stores_log.warning(
             "The state database is shared (--state-uri) but the registry is under this node's "
             "home: other nodes will not see its models. Give every node the same --registry-uri."
         )
     if settings.registry_uri and not external and not settings.artifacts_destination:
-        log.warning(
+        stores_log.warning(
             "The registry's database is shared (--registry-uri) but its model files are under "
             "this node's home: other nodes cannot load them. Give every node the same "
             "--artifacts-destination (a shared folder, s3://...)."

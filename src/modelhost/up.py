@@ -21,10 +21,10 @@ from modelhost.batch.jobs_store import JobStore
 from modelhost.config import UpSettings
 from modelhost.control.controller import Controller
 from modelhost.control.isolation import Isolation
-from modelhost.control.node import Node
+from modelhost.control.node import Counter, Node
 from modelhost.control.routes import RouteBoard
 from modelhost.control.serving import ServingControl
-from modelhost.control.store import StateStore
+from modelhost.control.store import SERVING, StateStore
 from modelhost.errors import ModelhostError
 from modelhost.gateway.app import Gateway
 from modelhost.gateway.client_limits import ClientLimits
@@ -114,6 +114,8 @@ def _run(
             node.join()
             board = RouteBoard()
             controller = Controller(settings, registry_url, store, board, isolation)
+            # Served models changed on another node: read them now, not at the next second.
+            node.watch(Counter(store, SERVING).moved, lambda _: controller.nudge())
             control = ServingControl(
                 store, registry_url, controller.defaults, board, controller.nudge,
                 controller.log_path,
@@ -124,6 +126,7 @@ def _run(
             )  # fmt: skip
             jobs.open()  # jobs a previous run of this node left running end FAILED, saying why
             node.watch(jobs.store.cancels_asked, jobs.cancel_asked)
+            node.watch(jobs.end_jobs_of_gone_nodes)
             jobs_api = JobsAPI(Jobs(jobs.store, jobs, registry_url, settings.batch_folder))
             gateway = Gateway(
                 settings, registry_url, control, embedded.secret if embedded else None, jobs_api,

@@ -8,9 +8,11 @@ The last test stops the database itself: scoring goes on, /health says what is w
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -140,9 +142,11 @@ def test_a_model_enabled_on_one_node_is_served_by_every_node(nodes, iris):
     with signed_in_as(a.platform.url, ADMIN_TOKEN):
         mlflow.set_experiment("nodes")
         assert log_iris(iris, MODEL) == "1"
+    enabled = time.monotonic()
     assert a.serving("enable").status_code == 200
     eventually(lambda: _serves(a), 120)
-    followed("node-b serving what node-a enabled, after node-a", lambda: _serves(b), 60)
+    print(f"\nnode-a serving the model it enabled: {time.monotonic() - enabled:.2f} s")
+    followed("node-b serving it, after node-a", lambda: _serves(b), 60)
     # Each node runs its own model server, from the one shared copy of the model's files.
     assert model_servers(a.platform, MODEL) and model_servers(b.platform, MODEL)
     events = a.events()
@@ -291,6 +295,47 @@ def test_no_log_and_no_model_server_holds_a_database_password(nodes):
             environ = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
             assert "MODELHOST" not in environ
             assert not any(password in environ for password in passwords)
+
+
+def test_a_node_that_dies_takes_only_its_capacity_and_its_jobs_say_so(nodes):
+    """Last: it kills node-b for good."""
+    a, b = nodes
+    body = {"model_uri": "models:/sleepy/1", "input": "data/slow.csv", "output": "out/orphan",
+            "chunk_rows": 1}  # fmt: skip
+    submitted = b.call("POST", JOBS, json=body)
+    assert submitted.status_code == 200, submitted.text
+    job_id = submitted.json()["job"]["job_id"]
+
+    def running_on_b() -> None:
+        job = a.call("GET", f"{JOBS}/{job_id}").json()["job"]
+        assert (job["state"], job["node"]) == ("RUNNING", "node-b"), job
+
+    eventually(running_on_b, 120)
+    b.platform.process.send_signal(signal.SIGKILL)
+    b.platform.process.wait(timeout=30)
+    try:
+        _serves(a)  # a serves on, alone
+
+        def failed_by_a() -> None:
+            job = a.call("GET", f"{JOBS}/{job_id}").json()["job"]
+            assert job["state"] == "FAILED", job
+            assert job["message"].startswith("Its node node-b stopped"), job
+
+        followed("node-a ending the job of dead node-b", failed_by_a, 120)
+        _serves(a)
+    finally:  # a job's process outlives its node, which stops it when it starts again
+        for pid in _processes_of_job(job_id):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+
+
+def _processes_of_job(job_id: str) -> list[int]:
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            if f"batch-{job_id}".encode() in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+    return found
 
 
 def _serves(node: Node) -> None:

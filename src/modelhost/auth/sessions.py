@@ -23,7 +23,7 @@ from http.cookies import CookieError, SimpleCookie
 
 import sqlalchemy as sa
 
-from modelhost.auth.store import changed
+from modelhost.control.store import AUTH, moved
 
 COOKIE = "modelhost_session"
 LIFETIME_S = 12 * 3600.0  # a working day: then the page asks for the token again
@@ -95,7 +95,7 @@ class Sessions:
         digest = _digest(session_id)
         with self.engine.begin() as db:
             if db.execute(rows.delete().where(rows.c.digest == digest)).rowcount:
-                changed(db)
+                moved(db, AUTH)
         self._known.pop(digest, None)
 
     def forget(self) -> None:

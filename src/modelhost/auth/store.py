@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from modelhost.auth import tokens
 from modelhost.auth.policy import Level, check_target
+from modelhost.control.store import AUTH, generation, moved
 from modelhost.errors import Conflict, InvalidInput, NotFound
 
 metadata = sa.MetaData()
@@ -47,16 +48,6 @@ grants = sa.Table(
     sa.Column("granted_by", sa.String, nullable=True),
     sa.Column("granted_at", sa.Float, nullable=False),
 )
-
-# A counter every change of the tables above (and of browser sessions) moves on, in the same
-# transaction: each node reads it often and, when it moved, reads the tables again.
-generations = sa.Table(
-    "generations",
-    metadata,
-    sa.Column("name", sa.String, primary_key=True),
-    sa.Column("value", sa.Integer, nullable=False),
-)
-AUTH = "auth"  # the generations row of users, tokens, grants and sessions
 
 ADMIN = "admin"  # the first admin's name
 ADMIN_ENV_TOKEN_ID = "admin-env"  # the token MODELHOST_ADMIN_TOKEN names, replaced when it changes
@@ -108,17 +99,17 @@ class AuthStore:
         """A transaction that changes who may do what: other nodes learn of it by the counter."""
         with self.engine.begin() as db:
             yield db
-            changed(db)
+            moved(db, AUTH)
         self.on_change()
 
     def generation(self) -> int:
         """The counter's value now: when it moves, something changed (on any node)."""
         with self.engine.connect() as db:
-            return _generation(db)
+            return generation(db, AUTH)
 
     def snapshot(self) -> Snapshot:
         with self.engine.connect() as db:
-            generation = _generation(db)
+            counted = generation(db, AUTH)
             active = {
                 row.name: Principal(row.name, row.kind, row.admin)
                 for row in db.execute(
@@ -138,7 +129,7 @@ class AuthStore:
                 targets.add(row.target)
                 if row.principal in active:
                     granted.setdefault(row.principal, {})[row.target] = Level[row.level]
-        return Snapshot(active, live, granted, frozenset(targets), generation)
+        return Snapshot(active, live, granted, frozenset(targets), counted)
 
     # --- identities
 
@@ -285,17 +276,6 @@ class AuthStore:
         """A deleted model's grants go with it: a new model of the same name starts clean."""
         with self._changing() as db:
             db.execute(grants.delete().where(grants.c.target == target))
-
-
-def _generation(db: sa.Connection) -> int:
-    return db.execute(sa.select(generations.c.value).where(generations.c.name == AUTH)).scalar_one()
-
-
-def changed(db: sa.Connection) -> None:
-    """Move the counter on, in `db`'s transaction."""
-    db.execute(
-        generations.update().where(generations.c.name == AUTH).values(value=generations.c.value + 1)
-    )
 
 
 def _shown_token(row: dict) -> dict:

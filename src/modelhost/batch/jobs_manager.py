@@ -52,6 +52,8 @@ RESTARTED = (
     "modelhost stopped while the job ran; submit it again with the same output to resume from "
     "the parts already written."
 )
+# A node not seen for this long has died: its unfinished jobs are ended FAILED by the others.
+NODE_GONE_S = 30.0
 STOPPED = (
     "Cancelled: modelhost stopped. Submit it again with the same output to resume from the "
     "parts already written."
@@ -104,6 +106,7 @@ class JobManager:
         self._runs: dict[str, _Run] = {}
         self._lock = threading.Lock()
         self._stopping = False
+        self._gone_checked_at = -NODE_GONE_S
 
     def open(self) -> None:
         """At start: the batch folder made, and jobs a previous run left ended."""
@@ -153,6 +156,21 @@ class JobManager:
                 run = self._runs.get(job_id)
             if run is not None and not run.cancelled.is_set():
                 self.cancel(job_id, reason)
+
+    def end_jobs_of_gone_nodes(self) -> None:
+        """On a thread (control/node.py's watch): the jobs of a node that died end FAILED, and
+        say so, rather than show RUNNING for good; the first node to see it ends each."""
+        if time.monotonic() < self._gone_checked_at + NODE_GONE_S / 3:
+            return
+        self._gone_checked_at = time.monotonic()
+        for job in self.store.of_gone_nodes(time.time() - NODE_GONE_S):
+            message = (
+                f"Its node {job.node} stopped (not seen for {NODE_GONE_S:g} s); submit it again "
+                "with the same output to resume from the parts already written."
+            )
+            if self.store.finish(job.id, JobState.FAILED, message, pid=None):
+                self.record(job.registered_model_name, _event(job, "failed", message), job.version)
+                log.warning("Batch job %s ended: its node %s stopped.", job.id, job.node)
 
     def stop(self) -> None:
         """Cancel every running job and wait until their processes are gone."""

@@ -17,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from modelhost.batch.jobs import JobOptions, JobState
+from modelhost.control.node import nodes
 
 metadata = sa.MetaData()
 
@@ -169,6 +170,20 @@ class JobStore:
         query = self._own_unfinished().where(batch_jobs.c.cancel_reason.is_not(None))
         with self.engine.connect() as db:
             return {row.id: row.cancel_reason for row in db.execute(query)}
+
+    def of_gone_nodes(self, seen_before: float) -> list[JobRecord]:
+        """Unfinished jobs of other nodes not seen since `seen_before`: they died with them."""
+        query = (
+            sa.select(batch_jobs)
+            .join(nodes, nodes.c.name == batch_jobs.c.node)
+            .where(
+                batch_jobs.c.state.in_(_UNFINISHED),
+                batch_jobs.c.node != self.node,
+                nodes.c.seen_at < seen_before,
+            )
+        )
+        with self.engine.connect() as db:
+            return [_record(row._mapping) for row in db.execute(query)]
 
     def _own_unfinished(self) -> sa.Select:
         return sa.select(batch_jobs).where(

@@ -4,8 +4,9 @@ Every node serves every served model from its own model servers; what they share
 database. Each node reads it on its own: the controller reads the served models every second
 (control/desired.py), and this, twice a second on a thread, says the node is alive
 (`nodes.seen_at`) and runs the watches other parts set, each a small read whose result, if
-any, is applied on the event loop (the users, tokens and grants the gateway keeps in memory,
-read again when the auth counter moved; cancels asked on another node for this node's jobs).
+any, is applied on the event loop: the served models read again at once when their counter
+moved, the users, tokens and grants the gateway keeps in memory when theirs did, the cancels
+asked on another node for this node's jobs, the jobs of nodes that died.
 A node whose database stops answering says so on /health.
 """
 
@@ -45,7 +46,7 @@ class Node:
         self.name = name
         self.url = url
         self.interval_s = interval_s
-        self._watches: list[tuple[Read, Apply]] = []
+        self._watches: list[tuple[Read, Apply | None]] = []
         self._read_at = time.monotonic()
         self._failing = False
 
@@ -59,7 +60,8 @@ class Node:
             ).rowcount:
                 db.execute(nodes.insert().values(name=self.name, **row))
 
-    def watch(self, read: Read, apply: Apply) -> None:
+    def watch(self, read: Read, apply: Apply | None = None) -> None:
+        """Run `read` at every tick, and `apply` with what it found, if anything."""
         self._watches.append((read, apply))
 
     @property
@@ -84,7 +86,7 @@ class Node:
                     nodes.update().where(nodes.c.name == self.name).values(seen_at=time.time())
                 )
             for read, apply in self._watches:
-                if (found := read()) is not None:
+                if (found := read()) is not None and apply is not None:
                     news.append((apply, found))
         except sa.exc.SQLAlchemyError as e:
             if not self._failing:  # once per outage, not twice a second
@@ -96,6 +98,23 @@ class Node:
         self._failing = False
         self._read_at = time.monotonic()
         return news
+
+
+class Counter:
+    """Whether counter `name` of the state database (control/store.py) moved since last read."""
+
+    def __init__(self, store: StateStore, name: str) -> None:
+        self.store = store
+        self.name = name
+        self.seen = store.generation(name)
+
+    def moved(self) -> int | None:
+        """On a thread: the counter's new value, or None if it did not move."""
+        now = self.store.generation(self.name)
+        if now == self.seen:
+            return None
+        self.seen = now
+        return now
 
 
 def _first_line(error: Exception) -> str:

@@ -47,6 +47,27 @@ events = sa.Table(
     sa.Column("node", sa.String, nullable=True),  # which node recorded it
 )
 
+# Counters each change of what nodes share moves on, in the same transaction: every node reads
+# them often (control/node.py) and, when one moved, reads what it counts again.
+generations = sa.Table(
+    "generations",
+    metadata,
+    sa.Column("name", sa.String, primary_key=True),
+    sa.Column("value", sa.Integer, nullable=False),
+)
+AUTH = "auth"  # users, tokens, grants and browser sessions
+SERVING = "serving"  # served models and their settings
+
+
+def generation(db: sa.Connection, name: str) -> int:
+    return db.execute(sa.select(generations.c.value).where(generations.c.name == name)).scalar_one()
+
+
+def moved(db: sa.Connection, name: str) -> None:
+    """Move counter `name` on, in `db`'s transaction."""
+    query = generations.update().where(generations.c.name == name)
+    db.execute(query.values(value=generations.c.value + 1))
+
 
 class StateStore:
     """SQLite under the home by default; PostgreSQL (any SQLAlchemy URL) for several nodes.
@@ -67,6 +88,11 @@ class StateStore:
     def in_home(cls, home: Path, node: str | None = None) -> StateStore:
         return cls(f"sqlite:///{home / 'state.db'}", node)
 
+    def generation(self, name: str) -> int:
+        """Counter `name` now (AUTH, SERVING): when it moves, something changed, on any node."""
+        with self.engine.connect() as db:
+            return generation(db, name)
+
     def enable(self, name: str) -> bool:
         """Turn serving on; False if it already was."""
         try:
@@ -77,6 +103,7 @@ class StateStore:
                 db.execute(
                     serving.insert().values(registered_model_name=name, enabled_at=time.time())
                 )
+                moved(db, SERVING)
                 return True
         except sa.exc.IntegrityError:  # another node turned it on meanwhile
             return False
@@ -85,6 +112,7 @@ class StateStore:
         """Turn serving off; False if it was not on."""
         with self.engine.begin() as db:
             gone = db.execute(serving.delete().where(serving.c.registered_model_name == name))
+            moved(db, SERVING)
             return gone.rowcount > 0
 
     def served(self) -> dict[str, dict[str, Any]]:
@@ -103,6 +131,7 @@ class StateStore:
             values["tags"] = json.dumps([list(tag) for tag in values["tags"]])
         with self.engine.begin() as db:
             query = serving.update().where(serving.c.registered_model_name == name)
+            moved(db, SERVING)
             return db.execute(query.values(**values)).rowcount > 0
 
     def record(

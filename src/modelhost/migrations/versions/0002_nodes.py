@@ -5,8 +5,9 @@
   recorded before this revision, by the only node there was);
 - `batch_jobs.cancel_reason`: a cancel asked on one node, carried out by the job's own node;
 - `sessions`: browser sign-ins, which any node behind a balancer must know;
-- `generations`: a counter each change of users, tokens, grants or sessions moves on, so every
-  node knows, with one small read, when to read them again.
+- `generations`: counters each change moves on (`auth`: users, tokens, grants, sessions;
+  `serving`: served models and their settings), so every node knows, with one small read,
+  when to read them again.
 
 Revision ID: 0002
 """
@@ -41,7 +42,7 @@ def upgrade() -> None:
         sa.Column("name", sa.String, primary_key=True),
         sa.Column("value", sa.Integer, nullable=False),
     )
-    op.bulk_insert(generations, [{"name": "auth", "value": 0}])
+    op.bulk_insert(generations, [{"name": "auth", "value": 0}, {"name": "serving", "value": 0}])
 
 
 def downgrade() -> None:
