@@ -105,7 +105,10 @@ def _check_stores(settings: UpSettings) -> None:
             "The state database is shared (--state-uri) but the registry is under this node's "
             "home: other nodes will not see its models. Give every node the same --registry-uri."
         )
-    if settings.registry_uri and not external and not settings.artifacts_destination:
+    database = (
+        settings.registry_uri and not external and not settings.registry_uri.startswith("sqlite")
+    )
+    if database and not settings.artifacts_destination:
         stores_log.warning(
             "The registry's database is shared (--registry-uri) but its model files are under "
             "this node's home: other nodes cannot load them. Give every node the same "

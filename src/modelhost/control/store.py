@@ -112,7 +112,8 @@ class StateStore:
         """Turn serving off; False if it was not on."""
         with self.engine.begin() as db:
             gone = db.execute(serving.delete().where(serving.c.registered_model_name == name))
-            moved(db, SERVING)
+            if gone.rowcount:
+                moved(db, SERVING)
             return gone.rowcount > 0
 
     def served(self) -> dict[str, dict[str, Any]]:
@@ -131,8 +132,10 @@ class StateStore:
             values["tags"] = json.dumps([list(tag) for tag in values["tags"]])
         with self.engine.begin() as db:
             query = serving.update().where(serving.c.registered_model_name == name)
-            moved(db, SERVING)
-            return db.execute(query.values(**values)).rowcount > 0
+            if db.execute(query.values(**values)).rowcount:
+                moved(db, SERVING)
+                return True
+            return False
 
     def record(
         self,
