@@ -50,7 +50,7 @@ def test_a_node_killed_under_load_costs_no_request(pair, iris):
 
     with Nginx([a.port, b.port]) as nginx:
         url = f"http://127.0.0.1:{nginx.port}/model/{MODEL}/1/invocations"
-        with Load({"nginx": url}, clients=4, pause_s=0.01) as load:
+        with Load({"nginx": url}, clients=8, pause_s=0.002) as load:
             load.phase = "both nodes"
             time.sleep(3)
             load.phase = "b killed"
