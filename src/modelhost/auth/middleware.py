@@ -207,7 +207,7 @@ class Auth:
         """The holder of a browser's session; none for a change that is not from our pages.
 
         An unknown id is not counted as a failed sign-in: it is as hard to guess as a token,
-        and a browser whose session ended (a restart) would lock its own address out.
+        and a browser whose session ended (expired, signed out) would lock its own address out.
         """
         session = await self.sessions.find(held)
         principal = self.access.holder(session.token_hash) if session else None
