@@ -130,7 +130,7 @@ def _run(
             jobs_api = JobsAPI(Jobs(jobs.store, jobs, registry_url, settings.batch_folder))
             gateway = Gateway(
                 settings, registry_url, control, embedded.secret if embedded else None, jobs_api,
-                lambda: node.store_reachable,
+                node,
             )  # fmt: skip
             app = gateway
             if signing_in:

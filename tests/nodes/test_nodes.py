@@ -157,6 +157,17 @@ def test_a_model_enabled_on_one_node_is_served_by_every_node(nodes, iris):
     assert b.events() == events  # either node shows every node's events
 
 
+def test_either_node_lists_both_to_admins(nodes):
+    b = nodes[1]
+    for node in nodes:
+        listed = node.call("GET", f"{MODELHOST}/nodes")
+        assert listed.status_code == 200, listed.text
+        shown = {n["name"]: n for n in listed.json()["nodes"]}
+        assert set(shown) == {"node-a", "node-b"}
+        assert all(n["alive"] for n in shown.values())
+        assert shown["node-b"]["url"] == b.platform.url
+
+
 def test_settings_changed_on_one_node_apply_on_every_node(nodes):
     a, b = nodes
     moved = "Routes moved to the model server with the new settings."
@@ -182,6 +193,7 @@ def test_users_tokens_and_grants_made_on_one_node_hold_on_every_node(nodes):
 
     followed("node-b knowing node-a's new token", known_on_b, 10)
     assert b.score(token).status_code == 403  # signed in, but no grant yet
+    assert b.call("GET", f"{MODELHOST}/nodes", token).status_code == 403  # for admins
     grant = {"target": MODEL, "user": "carol", "level": "READ"}
     assert b.call("POST", f"{MODELHOST}/permissions/grant", json=grant).status_code == 200
     followed("node-a honouring node-b's grant", lambda: _status(a.score(token), 200), 10)
@@ -323,6 +335,8 @@ def test_a_node_that_dies_takes_only_its_capacity_and_its_jobs_say_so(nodes):
 
         followed("node-a ending the job of dead node-b", failed_by_a, 120)
         _serves(a)
+        shown = {n["name"]: n["alive"] for n in a.call("GET", f"{MODELHOST}/nodes").json()["nodes"]}
+        assert shown == {"node-a": True, "node-b": False}
     finally:  # a job's process outlives its node, which stops it when it starts again
         for pid in _processes_of_job(job_id):
             with contextlib.suppress(ProcessLookupError):

@@ -18,6 +18,7 @@ from modelhost.asgi import Receive, Scope, Send, json_object, read_body, refuse_
 from modelhost.auth.access import Access
 from modelhost.auth.policy import Level, covers, parse_level
 from modelhost.auth.store import Kind, Principal
+from modelhost.control.node import listed
 from modelhost.control.store import StateStore
 from modelhost.errors import InvalidInput, ModelhostError, NotFound, PermissionDenied
 
@@ -72,6 +73,10 @@ class AuthAPI:
         made = self.store.create_principal(_text(fields, "name"), kind, bool(fields.get("admin")))
         audit.info("%s %s created (admin: %s) by %s", kind, made.name, made.admin, caller.name)
         return {"user": made.shown()}
+
+    def nodes(self, _: dict, caller: Principal) -> dict:
+        _admin(caller, "Listing the nodes")
+        return {"nodes": listed(self.events)}
 
     def list_users(self, _: dict, caller: Principal) -> dict:
         _admin(caller, "Listing users")
@@ -176,6 +181,7 @@ class AuthAPI:
 
 ROUTES = {
     ("GET", "whoami"): AuthAPI.whoami,
+    ("GET", "nodes"): AuthAPI.nodes,
     ("GET", "models/permission"): AuthAPI.permission,
     ("POST", "users/create"): AuthAPI.create_user,
     ("GET", "users/list"): AuthAPI.list_users,

@@ -7,7 +7,8 @@ database. Each node reads it on its own: the controller reads the served models 
 any, is applied on the event loop: the served models read again at once when their counter
 moved, the users, tokens and grants the gateway keeps in memory when theirs did, the cancels
 asked on another node for this node's jobs, the jobs of nodes that died.
-A node whose database stops answering says so on /health.
+A node whose database stops answering says so on /health; `listed` is what
+/api/2.0/modelhost/nodes shows of them all.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ nodes = sa.Table(
 INTERVAL_S = 0.5
 # Beyond this without a good read, the database counts as unreachable (a slow query is not).
 STALE_S = 5.0
+ALIVE_S = 5.0  # a node not seen for longer is shown as not alive (it says so twice a second)
 
 Read = Callable[[], Any]  # on a thread: the news, or None
 Apply = Callable[[Any], None]  # on the event loop
@@ -98,6 +100,18 @@ class Node:
         self._failing = False
         self._read_at = time.monotonic()
         return news
+
+
+def listed(store: StateStore) -> list[dict[str, Any]]:
+    """Every node that joined this database, by name, as the control API shows them."""
+    now = time.time()
+    with store.engine.connect() as db:
+        rows = db.execute(sa.select(nodes).order_by(nodes.c.name))
+        return [
+            {"name": row.name, "url": row.url, "started_at": int(row.started_at * 1000),
+             "seen_at": int(row.seen_at * 1000), "alive": now - row.seen_at < ALIVE_S}
+            for row in rows
+        ]  # fmt: skip
 
 
 class Counter:

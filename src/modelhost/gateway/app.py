@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import Callable
 from http import HTTPStatus
 
 import httpx
@@ -15,6 +14,7 @@ from modelhost.asgi import Receive, Scope, Send, read_body, refuse_method, respo
 from modelhost.auth.origin import CROSS_SITE, changes, cross_site
 from modelhost.batch.jobs_api import JOBS_PATH, JobsAPI
 from modelhost.config import UpSettings
+from modelhost.control.node import Node, listed
 from modelhost.control.routes import ServerAddress, VersionState
 from modelhost.control.serving import ServingControl
 from modelhost.errors import (
@@ -60,10 +60,10 @@ class Gateway:
         control: ServingControl,
         registry_secret: str | None = None,  # the embedded registry's, sent in place of callers'
         batch_jobs: JobsAPI | None = None,  # None: this gateway runs no batch jobs
-        state_reachable: Callable[[], bool] = lambda: True,  # has the state database answered
+        node: Node | None = None,  # this node of the state database; None: the gateway alone
     ) -> None:
         self.settings = settings
-        self.state_reachable = state_reachable
+        self.node = node
         self.registry_url = registry_url
         self.registry_secret = registry_secret
         self.control = control
@@ -73,7 +73,8 @@ class Gateway:
         self._pools: dict[int, ConnectionPool] = {}  # by model server (its number)
         self.metrics = GatewayMetrics(served=lambda name: name in control.routes.models)
         self.series = Series(self.metrics)
-        self.page_api = PageAPI(Examples(registry_url), self.series)
+        nodes = (lambda: listed(node.store)) if node is not None else list
+        self.page_api = PageAPI(Examples(registry_url), self.series, nodes)
         self._sampling: asyncio.Task | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -267,7 +268,7 @@ class Gateway:
                 registry_ok = (await client.get(f"{self.registry_url}/health")).is_success
         except httpx.TransportError:
             registry_ok = False
-        state_ok = self.state_reachable()
+        state_ok = self.node is None or self.node.store_reachable
         if not registry_ok:
             status = "REGISTRY_UNREACHABLE"
         elif not state_ok:

@@ -104,6 +104,13 @@ def _query(name: str, description: str, required: bool = False) -> dict[str, Any
 NAME = {"type": "string", "minLength": 1}
 TEXT = {"type": "string"}
 BOOLEAN = {"type": "boolean"}
+NODE = _object(
+    {"name": TEXT, "url": TEXT, "started_at": {"type": "integer"},
+     "seen_at": {"type": "integer"}, "alive": BOOLEAN},
+    "name", "url", "started_at", "seen_at", "alive",
+)  # fmt: skip
+NODE_EXAMPLE = {"name": "node-a", "url": "http://10.0.0.5:8080", "started_at": 1767225600000,
+                "seen_at": 1767229200000, "alive": True}  # fmt: skip
 HEALTH = _object({"status": TEXT, "registry": BOOLEAN, "state_store": BOOLEAN}, "status")
 NAME_QUERY = _query(
     "registered_model_name", "The registered model, e.g. `prod.ml_team.iris_model`.", True
@@ -771,6 +778,24 @@ _PATHS: dict[str, Any] = {
                     "a signature.",
                     503: "The registry did not answer; see `Retry-After`.",
                 },
+            ),
+        }
+    },
+    f"{AUTH}/nodes": {
+        "get": {
+            "tags": ["Operations"],
+            "summary": "Every node of the state database: its URL, when it started and was "
+            "last seen, and whether it is alive",
+            "description": "Nodes started with the same `--state-uri` serve the same models. "
+            "A node says it is alive twice a second; one not seen for 5 s is not `alive`. "
+            "Times in milliseconds. With auth on, for admins only.",
+            "responses": _answers(
+                _json(
+                    {"nodes": [NODE_EXAMPLE]},
+                    _list_of("nodes", NODE),
+                ),
+                (403,),
+                {403: "Only with auth on: the caller is not an admin."},
             ),
         }
     },

@@ -1,5 +1,5 @@
 """What the page asks of the gateway under /api/2.0/modelhost/: a version's example, the metrics
-series of a model's versions, and (with auth off) the session and a caller's level.
+series of a model's versions, and (with auth off) the session, a caller's level and the nodes.
 
 With auth on, `auth/middleware.py` signs the caller in and checks READ on the model before these
 run, and answers `session` and `models/permission` itself; with auth off everyone may do
@@ -8,6 +8,8 @@ everything, which is what those two say here.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from http import HTTPStatus
 from urllib.parse import parse_qs
 
@@ -21,15 +23,16 @@ from modelhost.gateway.series import Series
 
 # Each route and its methods; the first two are answered by auth when it is on.
 ROUTES = {"session": ("GET", "POST", "DELETE"), "models/permission": ("GET",),
-          "models/example": ("GET",), "metrics/series": ("GET",)}  # fmt: skip
+          "models/example": ("GET",), "metrics/series": ("GET",), "nodes": ("GET",)}  # fmt: skip
 OPEN_SESSION = {"auth": False, "user": None, "admin": True}
 MODEL = "registered_model_name"
 
 
 class PageAPI:
-    def __init__(self, examples: Examples, series: Series) -> None:
+    def __init__(self, examples: Examples, series: Series, nodes: Callable[[], list[dict]]) -> None:
         self.examples = examples
         self.series = series
+        self.nodes = nodes  # on a thread: every node of the state database
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = scope["path"][len(MODELHOST_ROOT) :]
@@ -54,6 +57,8 @@ class PageAPI:
     async def _answer(self, route: str, scope: Scope) -> dict:
         if route == "session":
             return OPEN_SESSION  # nothing to sign in to: no cookie is set or cleared
+        if route == "nodes":
+            return {"nodes": await asyncio.to_thread(self.nodes)}
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         name = one(query, MODEL)
         if route == "models/permission":
