@@ -234,17 +234,7 @@ def test_a_batch_job_runs_on_the_node_that_took_it_and_is_cancelled_through_any(
                 name="model", python_model=str(TOYS / "sleeper.py"),
                 registered_model_name="sleepy", pip_requirements=["mlflow", "pandas"],
             )  # fmt: skip
-    body = {"model_uri": "models:/sleepy/1", "input": "data/slow.csv", "output": "out/slow",
-            "chunk_rows": 1}  # fmt: skip
-    submitted = a.call("POST", JOBS, json=body)
-    assert submitted.status_code == 200, submitted.text
-    job_id = submitted.json()["job"]["job_id"]
-
-    def running_on_a() -> None:
-        job = b.call("GET", f"{JOBS}/{job_id}").json()["job"]
-        assert (job["state"], job["node"]) == ("RUNNING", "node-a"), job
-
-    eventually(running_on_a, 120)
+    job_id = _slow_job_running(on=a, seen_by=b, output="out/slow")
     assert b.call("POST", f"{JOBS}/{job_id}/cancel").status_code == 200
 
     def cancelled() -> None:
@@ -312,17 +302,7 @@ def test_no_log_and_no_model_server_holds_a_database_password(nodes):
 def test_a_node_that_dies_takes_only_its_capacity_and_its_jobs_say_so(nodes):
     """Last: it kills node-b for good."""
     a, b = nodes
-    body = {"model_uri": "models:/sleepy/1", "input": "data/slow.csv", "output": "out/orphan",
-            "chunk_rows": 1}  # fmt: skip
-    submitted = b.call("POST", JOBS, json=body)
-    assert submitted.status_code == 200, submitted.text
-    job_id = submitted.json()["job"]["job_id"]
-
-    def running_on_b() -> None:
-        job = a.call("GET", f"{JOBS}/{job_id}").json()["job"]
-        assert (job["state"], job["node"]) == ("RUNNING", "node-b"), job
-
-    eventually(running_on_b, 120)
+    job_id = _slow_job_running(on=b, seen_by=a, output="out/orphan")
     b.platform.process.send_signal(signal.SIGKILL)
     b.platform.process.wait(timeout=30)
     try:
@@ -341,6 +321,23 @@ def test_a_node_that_dies_takes_only_its_capacity_and_its_jobs_say_so(nodes):
         for pid in _processes_of_job(job_id):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
+
+
+def _slow_job_running(on: Node, seen_by: Node, output: str) -> str:
+    """A minute-long job of the sleeper submitted to `on`, once `seen_by` shows it RUNNING
+    there; its id."""
+    body = {"model_uri": "models:/sleepy/1", "input": "data/slow.csv", "output": output,
+            "chunk_rows": 1}  # fmt: skip
+    submitted = on.call("POST", JOBS, json=body)
+    assert submitted.status_code == 200, submitted.text
+    job_id = submitted.json()["job"]["job_id"]
+
+    def running() -> None:
+        job = seen_by.call("GET", f"{JOBS}/{job_id}").json()["job"]
+        assert (job["state"], job["node"]) == ("RUNNING", on.name), job
+
+    eventually(running, 120)
+    return job_id
 
 
 def _processes_of_job(job_id: str) -> list[int]:
