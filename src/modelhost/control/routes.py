@@ -45,12 +45,36 @@ class EndpointState(StrEnum):
 
 
 @dataclass(frozen=True)
-class ServerAddress:
-    """Where the gateway reaches one model server: `number` is never reused while modelhost
-    runs, so a restarted server is a new address and connections to the old one are dropped."""
+class Replica:
+    """One process of a model server that the gateway sends requests to: on this machine, at
+    its Unix socket; on a cluster node, at its TCP address, with the secret it was started with.
+    `number` is never reused while modelhost runs (it names the gateway's connection pool), so
+    a replaced process is a new replica and connections to the old one are dropped."""
 
     number: int
-    socket: str  # its Unix socket
+    socket: str = ""  # its Unix socket on this machine, or
+    host: str = ""  # the address of the cluster node it runs on, with
+    port: int = 0
+    secret: str = field(default="", repr=False)  # sent as `Authorization: Bearer` over TCP
+
+
+@dataclass(frozen=True)
+class ServerAddress:
+    """Where the gateway reaches one model server: `number` is never reused while modelhost
+    runs, so a restarted server is a new address and connections to the old one are dropped.
+
+    A server on this machine is one process at `socket`. A server placed on a cluster has any
+    number of replicas, the gateway spreading requests over them; a route's address lists only
+    the replicas that hold its version ready.
+    """
+
+    number: int
+    socket: str = ""  # the Unix socket of a server of this machine
+    replicas: tuple[Replica, ...] = ()  # for one of this machine: its process, at `socket`
+
+    def __post_init__(self) -> None:
+        if self.socket and not self.replicas:
+            object.__setattr__(self, "replicas", (Replica(self.number, self.socket),))
 
 
 @dataclass(frozen=True)
@@ -104,6 +128,16 @@ class RouteTable:
             if route.server is not None
         }
 
+    def replicas(self) -> set[int]:
+        """The numbers of the replicas some route points at."""
+        return {
+            replica.number
+            for routes in self.models.values()
+            for route in routes.versions.values()
+            if route.server is not None
+            for replica in route.server.replicas
+        }
+
 
 def frozen(mapping: dict) -> Mapping:
     """A read-only view of `mapping`, which its builder must no longer change."""
@@ -121,6 +155,8 @@ class RouteBoard:
         # Served model -> when (the event loop's clock) it last got a scoring request: written
         # by the gateway as requests come, read by planning; no lock, as both run on one loop.
         self.last_request: dict[str, float] = {}
+        # Served model -> its scoring requests in flight at the gateway, which autoscaling reads.
+        self.in_flight: dict[str, int] = {}
         self._published: asyncio.Event | None = None  # set by the next publish, if awaited
 
     def publish(self, table: RouteTable) -> None:
