@@ -37,6 +37,10 @@ class Runtime:
     max_batch_size: int = ServeSettings.max_batch_size
     max_batch_delay_ms: float = ServeSettings.max_batch_delay_ms
     timeout_s: float = ServeSettings.timeout_s
+    # What one replica reserves on a cluster node (--engine ray): logical CPUs, and memory in
+    # MB (0: none reserved). Part of the runtime because a change places servers anew.
+    cpus: float = 1.0
+    memory_mb: int = 0
 
     def worker_options(self) -> list[str]:
         """The `modelhost worker` flags that run a server with these."""
@@ -52,6 +56,16 @@ Tags = tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True)
+class Scale:
+    """How many replicas a model's server runs on a cluster: from `min_replicas` up to
+    `max_replicas` as its load asks. Not part of the runtime: a change adds or removes replicas
+    of the running server, it starts no new one."""
+
+    min_replicas: int = 1
+    max_replicas: int = 1
+
+
+@dataclass(frozen=True)
 class ServingSettings:
     """Every setting of one served model, each either set for it or the platform's default."""
 
@@ -59,6 +73,7 @@ class ServingSettings:
     runtime: Runtime = field(default_factory=Runtime)
     tags: Tags = ()
     scale_to_zero_after: float | None = None  # None: it never sleeps
+    scale: Scale = field(default_factory=Scale)
 
     def to_json(self) -> dict[str, Any]:
         """As the serving API shows them."""
