@@ -180,6 +180,21 @@ def serve(**options: object) -> None:
     help="This node's name among the nodes of one state database, in events and batch jobs.",
 )
 @click.option(
+    "--engine",
+    default=UpSettings.engine,
+    show_default=True,
+    envvar="MODELHOST_ENGINE",
+    type=click.Choice(["local", "ray"]),
+    help="What runs model servers: local processes, or processes placed on a Ray cluster "
+    "(pip install 'modelhost[ray]') by the CPUs and memory each model asks for, with replicas.",
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    envvar="MODELHOST_RAY_ADDRESS",
+    help="With --engine ray: the cluster's head, HOST:PORT (what `ray start --head` printed).",
+)
+@click.option(
     "--demo",
     is_flag=True,
     default=False,

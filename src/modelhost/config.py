@@ -74,6 +74,10 @@ class UpSettings:
     # Where the embedded registry keeps model files; None: under the home.
     artifacts_destination: str | None = None
     node_name: str | None = None  # this node, in events and jobs; None: <hostname>:<port>
+    # What runs model servers: "local" (processes of this machine) or "ray" (processes owned
+    # by Ray actors on the cluster at `ray_address`, host:port of its head's GCS).
+    engine: str = "local"
+    ray_address: str | None = None
     demo: bool = False
     max_body_mb: float = ServeSettings.max_body_mb
     timeout_s: float = ServeSettings.timeout_s

@@ -4,6 +4,7 @@ token, the home, and the port, bound here and handed to the gateway."""
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import logging
 import socket
@@ -33,6 +34,7 @@ def preflight(settings: UpSettings) -> Checked:
     check_admin_token(settings.admin_token)
     _check_home(settings)
     _check_stores(settings)
+    _check_engine(settings)
     return Checked(signing_in, _bind(settings))
 
 
@@ -82,6 +84,33 @@ def _check_home(settings: UpSettings) -> None:
         raise SetupError(
             f"The home {settings.home} cannot be used: {e.strerror or e}. Pick another with "
             "--home or MODELHOST_HOME."
+        ) from None
+
+
+def _check_engine(settings: UpSettings) -> None:
+    """Ray installed and its cluster's head answering (Ray itself would retry for ever)."""
+    if settings.engine != "ray":
+        if settings.ray_address:
+            raise SetupError("--ray-address is for --engine ray; add it, or drop the address.")
+        return
+    if importlib.util.find_spec("ray") is None:
+        raise SetupError(
+            "--engine ray needs Ray in modelhost's environment: pip install 'modelhost[ray]' "
+            "(the same Ray and Python versions as the cluster's nodes)."
+        )
+    if not settings.ray_address:
+        raise SetupError("--engine ray needs --ray-address HOST:PORT, the cluster's head.")
+    host, _, port = settings.ray_address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise SetupError(
+            f"--ray-address {settings.ray_address!r} is not HOST:PORT (e.g. 10.0.0.5:6379)."
+        )
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as e:
+        raise SetupError(
+            f"The Ray cluster's head at {settings.ray_address} does not answer ({e.strerror or e})"
+            ": start it with `ray start --head`, or fix --ray-address."
         ) from None
 
 

@@ -40,6 +40,7 @@ from modelhost.control.plan import (
     Prepare,
     Record,
     Release,
+    Rescale,
     StartServer,
     StopServer,
     plan,
@@ -78,11 +79,25 @@ class Controller:
         )
         # The same for every server; each also gets its model's runtime (control/settings.py).
         worker_options = ["--max-body-mb", str(settings.max_body_mb)]
-        self.forks = ForkServers(isolation, self.logs, settings.fork_servers)
-        self.supervisor: Supervisor = LocalSupervisor(
-            isolation, self.logs, worker_options, self.sockets, self.events.record, self._replan,
-            self.forks,
-        )  # fmt: skip
+        # Fork servers are this machine's: servers placed on a cluster start afresh on its nodes.
+        forking = settings.fork_servers and settings.engine == "local"
+        self.forks = ForkServers(isolation, self.logs, forking)
+        self.supervisor: Supervisor
+        if settings.engine == "ray":
+            from modelhost.control.cluster import RayEngine, RaySupervisor
+
+            assert settings.ray_address is not None, "preflight checked it"
+            engine = RayEngine(settings.ray_address)
+            engine.connect()
+            self.supervisor = RaySupervisor(
+                engine, self.logs, worker_options, self.events.record, self._replan,
+                lambda name: board.in_flight.get(name, 0),
+            )  # fmt: skip
+        else:
+            self.supervisor = LocalSupervisor(
+                isolation, self.logs, worker_options, self.sockets, self.events.record,
+                self._replan, self.forks,
+            )  # fmt: skip
         self._wake = asyncio.Event()
 
     def log_path(self, name: str) -> Path:
@@ -149,6 +164,8 @@ class Controller:
                 self.supervisor.hold(key, version, model_uri, local_path)
             case Release(key, version):
                 self.supervisor.release(key, version)
+            case Rescale(key, scale):
+                self.supervisor.rescale(key, scale)
             case Record(name, message, version):
                 self.events.record(name, message, version)
 

@@ -39,7 +39,7 @@ from modelhost.control.routes import (
     empty,
     frozen,
 )
-from modelhost.control.settings import Runtime
+from modelhost.control.settings import Runtime, Scale
 from modelhost.control.supervisor import (
     CURRENT,
     Health,
@@ -65,6 +65,7 @@ class DesiredModel:
     identities: Mapping[str, str] = field(default_factory=empty)
     runtime: Runtime = field(default_factory=Runtime)  # what its model servers run with
     scale_to_zero_after: float | None = None  # seconds idle before it sleeps; None: never
+    scale: Scale = field(default_factory=Scale)  # its replicas, where the supervisor has them
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,14 @@ class Release:
 
 
 @dataclass(frozen=True)
+class Rescale:
+    """Run the server's replicas within `scale` (a change of min or max replicas)."""
+
+    key: ServerKey
+    scale: Scale
+
+
+@dataclass(frozen=True)
 class Record:
     """An event of the model's."""
 
@@ -124,7 +133,7 @@ class Record:
     version: str | None = None
 
 
-Action = Prepare | Forget | StartServer | StopServer | Hold | Release | Record
+Action = Prepare | Forget | StartServer | StopServer | Hold | Release | Rescale | Record
 
 
 @dataclass(frozen=True)
@@ -223,7 +232,7 @@ def _plan_model(
             actions.append(Forget((name, version, with_manager)))
 
     routed = {r.server.number for r in before_versions.values() if r.server is not None}
-    _run_servers(name, runtime, wanted, fresh, servers, routed, actions)
+    _run_servers(name, runtime, model.scale, wanted, fresh, servers, routed, actions)
     _record_moves(name, runtime, servers, before_versions, routes, actions)
     refs = _refs(model, routes, before.refs if before else EMPTY)
     state, message = _endpoint_state(servers, routes)
@@ -337,7 +346,8 @@ def _shown(
             and held.state is HeldState.READY
         ):
             message = "Ready on the server with the previous settings; on the new one: "
-            return VersionRoute(VersionState.READY, message + route.message, old.address)
+            address = old.address_of(preparation.version)
+            return VersionRoute(VersionState.READY, message + route.message, address)
     return route
 
 
@@ -357,6 +367,8 @@ def _on_server(
     server = servers.get((environment_key(preparation.environment), runtime))
     if server is None or server.health is Health.STARTING:
         return VersionRoute(VersionState.PENDING, "Starting its model server.")
+    if server.health is Health.FAILED:
+        return VersionRoute(VersionState.FAILED, server.message)
     if server.health is not Health.UP:
         return VersionRoute(VersionState.PENDING, server.message)
     held = server.versions.get(preparation.version)
@@ -366,7 +378,7 @@ def _on_server(
         return VersionRoute(VersionState.PENDING, held.message)
     if held.state is HeldState.FAILED:
         return VersionRoute(VersionState.FAILED, held.message)
-    return VersionRoute(VersionState.READY, held.message, server.address)
+    return VersionRoute(VersionState.READY, held.message, server.address_of(preparation.version))
 
 
 def _record_change(
@@ -387,6 +399,7 @@ def _record_change(
 def _run_servers(
     name: str,
     runtime: Runtime,
+    scale: Scale,
     wanted: Mapping[str, Mapping[str, Preparation]],
     fresh: set[str],
     servers: Mapping[tuple[str, Runtime], ServerView],
@@ -411,16 +424,19 @@ def _run_servers(
         if server is None:
             if earlier and env not in fresh:
                 continue  # the old environment of an env_manager change: it serves on as it is
-            environment = next(iter(versions.values())).environment
-            assert environment is not None, "a prepared version has its environment"
-            actions.append(StartServer(ServerSpec(name, environment, runtime)))
+            first = next(iter(versions.values()))
+            assert first.environment is not None, "a prepared version has its environment"
+            spec = ServerSpec(name, first.environment, runtime, scale, first.local_path)
+            actions.append(StartServer(spec))
             if earlier:
                 message = f"Starting a model server with the new settings ({_said(runtime)})."
                 actions.append(Record(name, message))
             continue
+        key = (name, env, runtime)
+        if server.scale != scale:
+            actions.append(Rescale(key, scale))
         if server.health is not Health.UP:
             continue  # told what to hold once it answers
-        key = (name, env, runtime)
         for version in sorted(versions.keys() - server.versions.keys(), key=_number):
             local_path = versions[version].local_path
             assert local_path is not None, "a prepared version has its artifacts"

@@ -26,6 +26,7 @@ import httpx
 from modelhost.control.environments import Environment
 from modelhost.control.forkserver import Forked, ForkServers, ForkServerUnavailable
 from modelhost.control.isolation import Isolation
+from modelhost.control.routes import Replica
 from modelhost.processes import stop_group
 
 log = logging.getLogger("modelhost.controller")
@@ -40,6 +41,11 @@ def server_log(logs: Path, name: str) -> Path:
 # Each server started gets a number of its own, never reused while modelhost runs: it names the
 # server's socket, and the gateway keeps a connection pool per number.
 _numbers = itertools.count(1)
+
+
+def next_number() -> int:
+    """A number no other server or replica of this run has."""
+    return next(_numbers)
 
 
 def socket_path(sockets: Path, number: int) -> Path:
@@ -89,7 +95,7 @@ class ModelServerProcess:
         self.isolation = isolation
         self.log_path = server_log(logs, name)
         self.options = options  # `modelhost worker` flags
-        self.number = next(_numbers)  # names its socket; the routes' and the gateway's key
+        self.number = next_number()  # names its socket; the routes' and the gateway's key
         self.socket = socket_path(sockets, self.number)
         self.forks = forks  # where it forks from, if its environment has a fork server
         self.scratch: Path | None = None  # as the model user: its only writable folder
@@ -163,6 +169,18 @@ class ModelServerProcess:
     @property
     def returncode(self) -> int | None:
         return self.process.returncode if self.process is not None else None
+
+    def exit_reason(self) -> str:
+        return f"exited with code {self.returncode}"
+
+    def replica(self) -> Replica:
+        return Replica(self.number, str(self.socket))
+
+    def abandon_start(self) -> None:
+        pass  # its start never waits
+
+    async def staged(self, local_path: Path) -> str:
+        return str(local_path)  # this machine's own copy
 
     async def stop(self, grace_s: float = 15) -> None:
         """Stop it (SIGKILL at once with `grace_s` 0: a hung server handles no SIGTERM).

@@ -5,20 +5,21 @@ and restarts with back-off those that exit or stop answering; every step is an e
 methods return at once: the work happens on its own tasks, so a slow or hung server holds up
 nothing but itself, and what came of it shows in the next `view()`. Planning (control/plan.py)
 and the gateway know only these types, never which supervisor runs the servers: local
-processes today (control/local.py), processes placed on a cluster later.
+processes of this machine (control/local.py), or processes owned by Ray actors placed on the
+nodes of a Ray cluster, with replicas (control/cluster.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
 from modelhost.control.environments import Environment
 from modelhost.control.routes import ServerAddress, empty
-from modelhost.control.settings import Runtime
+from modelhost.control.settings import Runtime, Scale
 
 # A server runs the versions of one registered model that share one environment, with the
 # model's settings of the time it started: new settings are a new server, started beside it.
@@ -30,6 +31,7 @@ class Health(StrEnum):
     UP = "UP"  # answers its health checks
     UNRESPONSIVE = "UNRESPONSIVE"  # stopped answering, or said it is unhealthy: being replaced
     RESTARTING = "RESTARTING"  # exited; starts again when its back-off is over
+    FAILED = "FAILED"  # cannot run at all (it asks for more than any node has): its message says
 
 
 class HeldState(StrEnum):
@@ -53,6 +55,10 @@ class ServerSpec:
     model: str
     environment: Environment
     runtime: Runtime = field(default_factory=Runtime)
+    scale: Scale = field(default_factory=Scale)  # replicas, where the supervisor has them
+    # A version's fetched artifacts that declare the environment: a supervisor that builds it
+    # elsewhere (on a cluster node) reads its requirements there.
+    model_dir: Path | None = field(default=None, compare=False)
 
     @property
     def key(self) -> ServerKey:
@@ -69,6 +75,19 @@ class ServerView:
     # The versions it holds or was told to
     versions: Mapping[str, Held] = field(default_factory=empty)
     message: str = ""
+    scale: Scale = field(default_factory=Scale)  # what it was last told to run with
+    # Version -> the replicas that hold it ready, for a server with replicas (empty: the one
+    # process at `address` holds what `versions` says).
+    ready_on: Mapping[str, frozenset[int]] = field(default_factory=empty)
+
+    def address_of(self, version: str) -> ServerAddress | None:
+        """Where a request for `version` may go: only to replicas holding it ready."""
+        if self.address is None or not self.ready_on:
+            return self.address
+        ready = self.ready_on.get(version, frozenset())
+        return replace(self.address, replicas=tuple(
+            replica for replica in self.address.replicas if replica.number in ready
+        ))  # fmt: skip
 
 
 class Supervisor(Protocol):
@@ -83,6 +102,9 @@ class Supervisor(Protocol):
 
     def release(self, key: ServerKey, version: str) -> None:
         """Tell the server to let `version` go."""
+
+    def rescale(self, key: ServerKey, scale: Scale) -> None:
+        """Run the server's replicas within `scale` from now on."""
 
     def view(self) -> Mapping[ServerKey, ServerView]:
         """Every server started and not stopped, as last seen."""
