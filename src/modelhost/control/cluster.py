@@ -52,6 +52,7 @@ DOWN_AFTER_S = 30.0
 SAMPLE_S = 0.25
 DRAIN_S = 2.0  # a removed replica's last requests finish before it stops
 PLACED_WAIT_S = 0.5  # how often a replica waiting for a node looks whether it is stopping
+WAITING_LOOKS = 6  # every this many looks, whether it still waits for a node (and says so)
 
 
 class Unplaceable(Exception):
@@ -114,6 +115,7 @@ class RayReplicaProcess:
         self.actor: Any = None
         self._ended: concurrent.futures.Future | None = None  # its model server's exit
         self._abandoned = False
+        self.waiting = ""  # what its start waits for, once it has waited a while
         self._stopping: asyncio.Future[None] | None = None
         self._copying: asyncio.Task[None] | None = None
 
@@ -129,9 +131,17 @@ class RayReplicaProcess:
         name, packed = self.engine.packed(spec.model_dir)
         started = self.actor.start.remote(name, packed, spec.environment.current, self.options,
                                           self.secret)  # fmt: skip
+        looks = 0
         while not ray.wait([started], timeout=PLACED_WAIT_S)[0]:
             if self._abandoned:
                 raise RuntimeError("stopped before it was placed")
+            looks += 1
+            if looks % WAITING_LOOKS == 0 and self.actor_pending():
+                self.waiting = (
+                    f"Waiting for a node of the Ray cluster with {spec.runtime.cpus:g} CPU and "
+                    f"{spec.runtime.memory_mb} MB of memory free."
+                )
+        self.waiting = ""
         try:
             self.host, self.port = ray.get(started)
         except ray.exceptions.RayTaskError as e:  # the node's own error, not Ray's wrapping
@@ -141,6 +151,11 @@ class RayReplicaProcess:
             headers={"authorization": f"Bearer {self.secret}"},
         )
         self._ended = self.actor.wait.remote().future()
+
+    def actor_pending(self) -> bool:
+        """Whether its actor still waits for a node (rather than building, or loading)."""
+        ready, _ = self.engine.ray.wait([self.actor.__ray_ready__.remote()], timeout=0)
+        return not ready
 
     def abandon_start(self) -> None:
         self._abandoned = True
@@ -425,6 +440,8 @@ class RaySupervisor:
             first = server.replicas[0] if server.replicas else None
             health = first.health if first is not None else Health.STARTING
             message = first.message if first is not None else "Placing its replicas."
+            waiting = getattr(first.process, "waiting", "") if first is not None else ""
+            message = waiting or message
             if health is Health.UP:
                 health = Health.STARTING
         address = ServerAddress(
