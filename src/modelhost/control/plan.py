@@ -39,7 +39,7 @@ from modelhost.control.routes import (
     empty,
     frozen,
 )
-from modelhost.control.settings import Runtime
+from modelhost.control.settings import Runtime, Scale
 from modelhost.control.supervisor import (
     CURRENT,
     Health,
@@ -65,6 +65,7 @@ class DesiredModel:
     identities: Mapping[str, str] = field(default_factory=empty)
     runtime: Runtime = field(default_factory=Runtime)  # what its model servers run with
     scale_to_zero_after: float | None = None  # seconds idle before it sleeps; None: never
+    scale: Scale = field(default_factory=Scale)  # replicas of its server on a cluster
 
 
 @dataclass(frozen=True)
