@@ -108,9 +108,14 @@ def test_a_served_model_shows_the_platforms_defaults(client, served):
         "max_batch_size": 2048,
         "max_batch_delay_ms": 2,
         "timeout_s": UP_TIMEOUT_S,
+        "cpus": 1,
+        "memory_mb": 0,
+        "min_replicas": 1,
+        "max_replicas": 1,
         "scale_to_zero_after": None,
         "tags": [],
     }
+    assert status(client)["engine"] == "local"  # what the page offers settings for
     listed = client.get(f"{API}/list").json()["endpoints"]
     assert [e["settings"] for e in listed if e["registered_model_name"] == NAME] == [
         status(client)["settings"]
@@ -128,6 +133,10 @@ def test_bad_settings_get_400_saying_what_they_may_be(client, served):
         ({"tags": [{"key": "team"}, {"key": "team"}]}, "Tag 'team' is given twice"),
         ({"worker": 2}, "Unknown setting 'worker'"),
         ({}, "Send at least one setting to change"),
+        ({"cpus": 0}, "cpus must be a number of logical CPUs from 0.1 to 256"),
+        ({"memory_mb": -1}, "memory_mb must be a whole number of MB each replica reserves"),
+        ({"min_replicas": 65}, "min_replicas must be a whole number of replicas of the model's"),
+        ({"max_replicas": 0}, "max_replicas must be a whole number of replicas"),
     ]:
         refused = update(client, **settings)
         assert refused.status_code == 400, (settings, refused.text)
@@ -138,6 +147,39 @@ def test_bad_settings_get_400_saying_what_they_may_be(client, served):
     refused = client.post(f"{API}/enable", json={"registered_model_name": NAME, "workers": 99})
     assert refused.status_code == 400
     assert status(client)["settings"]["workers"] == 1  # nothing bad was kept
+
+
+def test_the_published_contract_gives_the_cluster_settings_ranges(client):
+    spec = client.get("/openapi.json").json()
+    body = spec["paths"][f"{API}/update-settings"]["post"]["requestBody"]
+    fields = body["content"]["application/json"]["schema"]["properties"]
+    assert fields["cpus"] == {"type": "number", "minimum": 0.1, "maximum": 256}
+    assert fields["memory_mb"] == {"type": "integer", "minimum": 0, "maximum": 4_194_304}
+    for key in ("min_replicas", "max_replicas"):
+        assert fields[key] == {"type": "integer", "minimum": 1, "maximum": 64}
+    assert "--engine ray" in spec["paths"][f"{API}/update-settings"]["post"]["description"]
+
+
+def test_the_local_engine_refuses_cluster_settings_saying_how_to_get_them(client, served):
+    cluster = {"cpus": 2, "memory_mb": 512, "min_replicas": 2, "max_replicas": 3}
+    for settings, named in [
+        (cluster, "cpus, memory_mb, min_replicas, max_replicas"),
+        ({"workers": 2, "max_replicas": 2}, "max_replicas"),
+        ({"memory_mb": 0}, "memory_mb"),
+    ]:
+        refused = update(client, **settings)
+        assert refused.status_code == 400, refused.text
+        assert refused.json() == {
+            "error_code": "BAD_REQUEST",
+            "message": f"This request sets {named}, which place replicas on a Ray cluster; this "
+            "modelhost runs its model servers locally. Start modelhost with `--engine ray "
+            "--ray-address ADDRESS` to use them; locally, `workers` is what adds processes.",
+        }
+    refused = client.post(f"{API}/enable", json={"registered_model_name": NAME, **cluster})
+    assert refused.status_code == 400 and "--engine ray" in refused.json()["message"]
+    shown = status(client)["settings"]
+    assert [shown[k] for k in cluster] == [1, 0, 1, 1] and shown["workers"] == 1
+    assert not any("cpus" in m or "replicas" in m for m in events(client))
 
 
 def test_new_settings_apply_with_no_failed_request(platform, client, served):
@@ -223,6 +265,32 @@ def test_the_command_line_sets_and_shows_settings(platform, client, served):
     assert "workers must be a whole number of worker processes from 1 to 16" in refused.stderr
     missing = cli(platform, "settings", NAME, "--remove-tag", "nope")
     assert missing.returncode != 0 and "has no tag 'nope'" in missing.stderr
+
+
+def test_the_command_line_sets_cluster_settings_the_engine_takes(platform, client, served):
+    placed = cli(
+        platform, "settings", NAME, "--cpus", "2", "--memory-mb", "512", "--min-replicas", "1",
+        "--max-replicas", "3",
+    )  # fmt: skip
+    assert placed.returncode != 0
+    assert "This request sets cpus, memory_mb, max_replicas, which place replicas" in (
+        placed.stderr
+    )
+    # One replica is what the local engine runs: set, kept and shown.
+    one = cli(platform, "settings", NAME, "--min-replicas", "1", "--max-replicas", "1")
+    assert one.returncode == 0, one.stderr
+    assert one.stdout.splitlines() == [
+        f"min_replicas of {NAME} is 1.",
+        f"max_replicas of {NAME} is 1.",
+    ]
+    store = StateStore.in_home(platform.home)
+    try:
+        kept = store.served()[NAME]
+    finally:
+        store.engine.dispose()
+    assert (kept["min_replicas"], kept["max_replicas"]) == (1, 1)
+    shown = json.loads(cli(platform, "settings", NAME).stdout)
+    assert [shown[k] for k in ("cpus", "memory_mb", "min_replicas", "max_replicas")] == [1, 0, 1, 1]
 
 
 def test_a_models_timeout_bounds_its_requests(platform, client):

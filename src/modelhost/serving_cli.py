@@ -9,6 +9,7 @@ import click
 
 from modelhost.api_client import ApiClient, show
 from modelhost.config import EnvManager, ServeSettings
+from modelhost.control.settings import Runtime, Scale
 
 PREFIX = "/api/2.0/preview/mlflow/endpoints"
 
@@ -84,6 +85,26 @@ def settings_options(command: F) -> F:
                 "--timeout", "timeout_s", type=float, default=None,
                 help="Seconds a scoring request may take before it gets 504.  "
                 "[default: `modelhost up --timeout`]",
+            ),
+            click.option(
+                "--cpus", type=float, default=None,
+                help="Logical CPUs each replica of its model server reserves on a cluster node "
+                f"(0.1 to 256; `modelhost up --engine ray`).  [default: {Runtime.cpus:g}]",
+            ),
+            click.option(
+                "--memory-mb", type=int, default=None,
+                help="Memory in MB each replica reserves on a cluster node; 0 reserves none "
+                f"(`--engine ray`).  [default: {Runtime.memory_mb}]",
+            ),
+            click.option(
+                "--min-replicas", type=int, default=None,
+                help="Fewest replicas of its model server on the cluster, each holding every "
+                f"version (1 to 64; `--engine ray`).  [default: {Scale.min_replicas}]",
+            ),
+            click.option(
+                "--max-replicas", type=int, default=None,
+                help="Most replicas of its model server on the cluster, at least "
+                f"--min-replicas (1 to 64; `--engine ray`).  [default: {Scale.max_replicas}]",
             ),
             click.option(
                 "--scale-to-zero-after", type=SecondsOrOff(), default=None,

@@ -11,7 +11,7 @@ from support import Registry
 
 from modelhost.control import desired
 from modelhost.control.desired import DesiredReader
-from modelhost.control.settings import platform_defaults
+from modelhost.control.settings import Runtime, Scale, platform_defaults
 from modelhost.control.store import StateStore
 
 QUOTED = 'it\'s "quoted", (with) a\\backslash'
@@ -54,6 +54,16 @@ def test_every_served_model_is_read_with_its_versions_stages_and_aliases(registr
     assert dict(read[PLAIN].versions) == {"1": "None", "2": "None", "3": "None"}
     assert dict(read[PLAIN].aliases) == {"champion": "1"}
     assert all(m.env_manager == "local" for m in read.values())
+
+
+def test_a_models_cluster_settings_reach_its_desired_model(registry, tmp_path):
+    read = reader(registry, tmp_path, QUOTED, PLAIN)
+    read.store.update(PLAIN, {"cpus": 2.0, "memory_mb": 512, "min_replicas": 2, "max_replicas": 4})
+    desired = read.read()
+    assert desired[PLAIN].scale == Scale(min_replicas=2, max_replicas=4)
+    assert (desired[PLAIN].runtime.cpus, desired[PLAIN].runtime.memory_mb) == (2.0, 512)
+    assert desired[QUOTED].scale == Scale()  # what a model that sets none runs with
+    assert desired[QUOTED].runtime == Runtime(timeout_s=60)
 
 
 def test_names_read_in_many_searches_and_pages_read_the_same(registry, tmp_path, monkeypatch):

@@ -8,7 +8,10 @@ import subprocess
 import sys
 import threading
 
+import pytest
 import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
 from support import free_port
 
 from modelhost import migrations
@@ -66,6 +69,33 @@ def test_a_database_made_before_migrations_is_upgraded_and_keeps_what_it_held(po
     store.record("older", "Recorded after the upgrade.")
     shown = [(e["message"], e["node"]) for e in store.events("older")]
     assert shown == [("Recorded after the upgrade.", "node-a"), ("Serving enabled.", None)]
+    store.engine.dispose()
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+def test_a_database_at_0002_gains_cluster_settings_and_keeps_its_rows(dialect, tmp_path, request):
+    if dialect == "sqlite":
+        url = f"sqlite:///{tmp_path / 'state.db'}"
+    else:
+        url = request.getfixturevalue("postgres").database("at_0002")
+    engine = sa.create_engine(url)
+    config = Config()
+    config.set_main_option("script_location", str(migrations.FOLDER))
+    with engine.begin() as db:  # as the modelhost before cluster settings left it
+        config.attributes["connection"] = db
+        command.upgrade(config, "0002")
+        db.execute(sa.text("INSERT INTO serving (registered_model_name, enabled_at, workers, tags) "
+                           """VALUES ('older', 1.0, 2, '[["team", "fraud"]]')"""))  # fmt: skip
+        db.execute(sa.text("INSERT INTO events (timestamp, registered_model_name, message) "
+                           "VALUES (1.0, 'older', 'Serving turned on.')"))  # fmt: skip
+    engine.dispose()
+    store = StateStore(url, "node-a")
+    assert migrations.revision(store.engine) == migrations.head()
+    assert store.served() == {"older": {"workers": 2, "tags": (("team", "fraud"),)}}
+    assert [e["message"] for e in store.events("older")] == ["Serving turned on."]
+    cluster = {"cpus": 0.5, "memory_mb": 512, "min_replicas": 2, "max_replicas": 3}
+    assert store.update("older", cluster)
+    assert store.served()["older"] == {"workers": 2, "tags": (("team", "fraud"),), **cluster}
     store.engine.dispose()
 
 

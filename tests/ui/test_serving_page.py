@@ -105,6 +105,13 @@ def test_enable_query_tune_read_logs_and_stop(platform, page):
 
     # Cluster Settings: saved, applied (the model's servers replaced), shown when opened again.
     page.get_by_role("tab", name="Cluster Settings").click()
+    expect(page.get_by_label("Worker processes")).to_be_visible()
+    # Replicas are placed on a Ray cluster: the local engine's page offers none of that (and
+    # its Save sends none, which the local engine would refuse).
+    for cluster_only in ("CPUs per replica", "Memory per replica (MB)", "Min replicas",
+                         "Max replicas"):  # fmt: skip
+        expect(page.get_by_label(cluster_only, exact=True)).to_have_count(1)  # there, hidden
+        expect(page.get_by_label(cluster_only, exact=True)).to_be_hidden()
     page.get_by_label("Worker processes").fill("2")
     page.get_by_role("button", name="Add tag").click()
     page.get_by_label("Tag key").last.fill("team")

@@ -97,6 +97,7 @@ class DesiredReader:
                 registered.identities if registered is not None else EMPTY,
                 settings.runtime,
                 settings.scale_to_zero_after,
+                settings.scale,
             )
         return desired
 

@@ -26,7 +26,7 @@ from modelhost.control.routes import (
     RouteTable,
     VersionState,
 )
-from modelhost.control.settings import FIELDS, ServingSettings, changes
+from modelhost.control.settings import FIELDS, LOCAL_ENGINE, ServingSettings, changes, check
 from modelhost.control.store import StateStore
 from modelhost.errors import InvalidInput, NotFound, NotReady
 
@@ -55,6 +55,7 @@ class ServingControl:
         board: RouteBoard,
         nudge: Callable[[], None],
         log_path: Callable[[str], Path],
+        engine: str = LOCAL_ENGINE,
     ) -> None:
         self.store = store
         self.registry = MlflowClient(tracking_uri=registry_url, registry_uri=registry_url)
@@ -62,6 +63,7 @@ class ServingControl:
         self.board = board
         self.nudge = nudge
         self.log_path = log_path  # a served model's name -> its model servers' log
+        self.engine = engine  # what runs model servers: local processes, or a Ray cluster
         self._waking: dict[str, Waking] = {}
 
     @property
@@ -76,6 +78,9 @@ class ServingControl:
     async def enable(self, name: str, settings: dict[str, Any], actor: str | None) -> None:
         """Turn serving on, with `settings` (checked by control/settings.py `parse`) if any."""
         await asyncio.to_thread(self._must_exist, name)
+        if settings:  # refused before serving is turned on, not after
+            before = (await self.served()).get(name, self.defaults)
+            check(before.with_set(settings), settings, self.engine)
         if await asyncio.to_thread(self.store.enable, name):
             await self._record(name, "Serving turned on.", actor)
         if settings:
@@ -185,6 +190,7 @@ class ServingControl:
 
     async def _update(self, name: str, settings: dict[str, Any], actor: str | None) -> None:
         before = await self.must_be_served(name)
+        check(before.with_set(settings), settings, self.engine)
         if not await asyncio.to_thread(self.store.update, name, settings):
             raise NotFound(f"Serving is not enabled for '{name}'.")  # turned off meanwhile
         said = changes(before, before.with_set(settings))

@@ -4,6 +4,8 @@
 servers run with (a change starts new servers, and the routes move once they are ready); `tags`
 are the team's own labels and change nothing that runs; `scale_to_zero_after` lets an idle model
 sleep (its servers stop; the next request wakes it) and, like tags, starts no new server.
+`cpus` and `memory_mb` (part of the runtime) and `min_replicas`/`max_replicas` (its scale) place
+replicas of its model server on a Ray cluster: with the local engine a model runs one server.
 """
 
 from __future__ import annotations
@@ -21,12 +23,21 @@ MAX_BATCH_SIZE = (1, 100_000)
 MAX_BATCH_DELAY_MS = (0.0, 10_000.0)
 TIMEOUT_S = (0.0, 86_400.0)
 SCALE_TO_ZERO_AFTER_S = (1.0, 30 * 86_400.0)  # seconds without requests before a model sleeps
+CPUS = (0.1, 256.0)  # logical CPUs each replica reserves on a cluster node
+MEMORY_MB = (0, 4_194_304)  # memory each replica reserves on a node, in MB; 0: none (4 TB)
+REPLICAS = (1, 64)  # replicas of a model's server on a cluster, each holding every version
 MAX_TAGS = 50
 TAG_KEY_CHARS = 250  # as MLflow's own tags
 TAG_VALUE_CHARS = 5000
 
-RUNTIME_FIELDS = ("workers", "max_batch_size", "max_batch_delay_ms", "timeout_s")
-FIELDS = ("env_manager", *RUNTIME_FIELDS, "scale_to_zero_after", "tags")
+RUNTIME_FIELDS = (
+    "workers", "max_batch_size", "max_batch_delay_ms", "timeout_s", "cpus", "memory_mb",
+)  # fmt: skip
+SCALE_FIELDS = ("min_replicas", "max_replicas")
+FIELDS = ("env_manager", *RUNTIME_FIELDS, *SCALE_FIELDS, "scale_to_zero_after", "tags")
+# What places replicas on a Ray cluster: a local engine runs one model server per model.
+CLUSTER_FIELDS = ("cpus", "memory_mb", *SCALE_FIELDS)
+LOCAL_ENGINE = "local"
 
 
 @dataclass(frozen=True)
@@ -84,6 +95,10 @@ class ServingSettings:
             "max_batch_size": runtime.max_batch_size,
             "max_batch_delay_ms": _number(runtime.max_batch_delay_ms),
             "timeout_s": _number(runtime.timeout_s),
+            "cpus": _number(runtime.cpus),
+            "memory_mb": runtime.memory_mb,
+            "min_replicas": self.scale.min_replicas,
+            "max_replicas": self.scale.max_replicas,
             "scale_to_zero_after": _number_or_none(self.scale_to_zero_after),
             "tags": [{"key": key, "value": value} for key, value in self.tags],
         }
@@ -96,6 +111,7 @@ class ServingSettings:
             runtime,
             stored.get("tags", self.tags),
             stored.get("scale_to_zero_after", self.scale_to_zero_after),
+            replace(self.scale, **{k: stored[k] for k in SCALE_FIELDS if k in stored}),
         )
 
 
@@ -138,6 +154,23 @@ def parse(fields: Mapping[str, Any]) -> dict[str, Any]:
                 f"(how long a scoring request may take before it gets 504), not {value!r}."
             )
         parsed["timeout_s"] = float(value)
+    if "cpus" in given:
+        low, high = CPUS
+        value = given["cpus"]
+        if not _is_number(value) or not low <= value <= high:
+            raise InvalidInput(
+                f"cpus must be a number of logical CPUs from {low:g} to {high:g} (what each "
+                f"replica reserves on a cluster node), not {value!r}."
+            )
+        parsed["cpus"] = float(value)
+    if "memory_mb" in given:
+        parsed["memory_mb"] = _integer(
+            "memory_mb", given["memory_mb"], MEMORY_MB,
+            "MB each replica reserves on a cluster node (0: none)",
+        )  # fmt: skip
+    for key in SCALE_FIELDS:
+        if key in given:
+            parsed[key] = _integer(key, given[key], REPLICAS, "replicas of the model's server")
     if "scale_to_zero_after" in given:
         parsed["scale_to_zero_after"] = _scale_to_zero_after(given["scale_to_zero_after"])
     if "tags" in given:
@@ -159,6 +192,30 @@ def changes(before: ServingSettings, after: ServingSettings) -> list[str]:
         else:
             said.append(f"{key} {was[key]} → {now[key]}")
     return said
+
+
+def check(after: ServingSettings, given: Mapping[str, Any], engine: str) -> None:
+    """InvalidInput if `given` (`parse`'s shape) cannot apply on `engine` (local, ray), or
+    leaves `after` (the model's settings with `given` set) with fewer replicas allowed than it
+    must run."""
+    if engine == LOCAL_ENGINE:
+        # One replica is what the local engine runs: saying so asks for nothing it lacks.
+        placed = [
+            k for k in CLUSTER_FIELDS if k in given and (k not in SCALE_FIELDS or given[k] > 1)
+        ]
+        if placed:
+            raise InvalidInput(
+                f"This request sets {', '.join(placed)}, which place replicas on a Ray cluster; "
+                "this modelhost runs its model servers locally. Start modelhost with "
+                "`--engine ray --ray-address ADDRESS` to use them; locally, `workers` is what "
+                "adds processes."
+            )
+    scale = after.scale
+    if scale.max_replicas < scale.min_replicas:
+        raise InvalidInput(
+            f"max_replicas {scale.max_replicas} is below min_replicas {scale.min_replicas}; "
+            "set both in one request, with max_replicas at least min_replicas."
+        )
 
 
 def _env_manager(value: Any) -> str:

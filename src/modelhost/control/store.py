@@ -25,14 +25,19 @@ serving = sa.Table(
     sa.Column("max_batch_size", sa.Integer, nullable=True),
     sa.Column("max_batch_delay_ms", sa.Float, nullable=True),
     sa.Column("timeout_s", sa.Float, nullable=True),
+    # What each replica reserves on a cluster node, and how many replicas (--engine ray).
+    sa.Column("cpus", sa.Float, nullable=True),
+    sa.Column("memory_mb", sa.Integer, nullable=True),
+    sa.Column("min_replicas", sa.Integer, nullable=True),
+    sa.Column("max_replicas", sa.Integer, nullable=True),
     # Seconds without requests before its servers stop; None: never.
     sa.Column("scale_to_zero_after", sa.Float, nullable=True),
     sa.Column("tags", sa.Text, nullable=True),  # JSON: [[key, value], ...]
 )
 # The serving table's settings columns, as the serving API names them.
 SETTINGS = (
-    "env_manager", "workers", "max_batch_size", "max_batch_delay_ms", "timeout_s",
-    "scale_to_zero_after", "tags",
+    "env_manager", "workers", "max_batch_size", "max_batch_delay_ms", "timeout_s", "cpus",
+    "memory_mb", "min_replicas", "max_replicas", "scale_to_zero_after", "tags",
 )  # fmt: skip
 
 events = sa.Table(

@@ -129,6 +129,14 @@ SETTINGS_FIELDS = {
                            "maximum": serving_settings.MAX_BATCH_DELAY_MS[1]},
     "timeout_s": {"type": "number", "exclusiveMinimum": serving_settings.TIMEOUT_S[0],
                   "maximum": serving_settings.TIMEOUT_S[1]},
+    "cpus": {"type": "number", "minimum": serving_settings.CPUS[0],
+             "maximum": serving_settings.CPUS[1]},
+    "memory_mb": {"type": "integer", "minimum": serving_settings.MEMORY_MB[0],
+                  "maximum": serving_settings.MEMORY_MB[1]},
+    "min_replicas": {"type": "integer", "minimum": serving_settings.REPLICAS[0],
+                     "maximum": serving_settings.REPLICAS[1]},
+    "max_replicas": {"type": "integer", "minimum": serving_settings.REPLICAS[0],
+                     "maximum": serving_settings.REPLICAS[1]},
     "scale_to_zero_after": {"type": ["number", "null"],
                             "minimum": serving_settings.SCALE_TO_ZERO_AFTER_S[0],
                             "maximum": serving_settings.SCALE_TO_ZERO_AFTER_S[1]},
@@ -140,21 +148,28 @@ SETTINGS_SAID = (
     "uv; `local` always modelhost's own; `uv` always a built one); `workers`, the worker "
     "processes of the model server; `max_batch_size` and `max_batch_delay_ms`, its batching "
     "limits; `timeout_s`, how long a scoring request may take before it gets 504; "
+    "`cpus` and `memory_mb` (MB; 0 reserves none), what each replica of its model server "
+    "reserves on a Ray cluster's node, and `min_replicas` to `max_replicas`, how many replicas "
+    "it runs there (these four need `modelhost up --engine ray`: with the local engine, a "
+    "request that sets `cpus` or `memory_mb`, or replicas above 1, gets 400; "
+    "`max_replicas` below `min_replicas` gets 400 too); "
     "`scale_to_zero_after`, seconds without requests after which the model sleeps (its model "
     "servers stop, state `ENDPOINT_STATE_SCALED_TO_ZERO`; the next request wakes it), or null "
     "(the default) to keep it awake; `tags`, the team's own labels (given, they replace the "
     "whole list). A setting not given keeps its value (`modelhost up`'s default until set). "
-    "A change of `workers`, batching or `timeout_s` starts a model server with the new "
-    "settings; each version moves to it once it is ready there, and the old server stops: no "
-    "request fails meanwhile."
+    "A change of `workers`, batching, `timeout_s`, `cpus` or `memory_mb` starts a model "
+    "server with the new settings; each version moves to it once it is ready there, and the "
+    "old server stops: no request fails meanwhile."
 )
 _ENDPOINT_STATUS = {
     "registered_model_name": "iris-demo",
     "state": "ENDPOINT_STATE_READY",
     "state_message": "Ready to answer.",
     "settings": {"env_manager": "auto", "workers": 1, "max_batch_size": 2048,
-                 "max_batch_delay_ms": 2, "timeout_s": 60, "scale_to_zero_after": None,
+                 "max_batch_delay_ms": 2, "timeout_s": 60, "cpus": 1, "memory_mb": 0,
+                 "min_replicas": 1, "max_replicas": 1, "scale_to_zero_after": None,
                  "tags": [{"key": "team", "value": "fraud"}]},
+    "engine": "local",
 }  # fmt: skip
 ENDPOINT_STATUS = _object(
     {
@@ -163,6 +178,8 @@ ENDPOINT_STATUS = _object(
         "state_message": TEXT,
         "settings": _object(SETTINGS_FIELDS, *serving_settings.FIELDS),
         "served_versions": {"type": "integer", "minimum": 0},
+        # What runs its model servers: the settings the page offers depend on it.
+        "engine": {"enum": ["local", "ray"]},
     },
     "registered_model_name",
     "state",
@@ -337,8 +354,8 @@ def _serving_change(summary: str, fields: dict[str, Any], example: dict[str, Any
             EMPTY,
             (400, 403, 404, 413),
             {
-                400: "No `registered_model_name` in the body, or a bad or unknown setting: "
-                "the message says what it may be.",
+                400: "No `registered_model_name` in the body, a bad or unknown setting, or "
+                "cluster settings the local engine does not take: the message says what to do.",
                 403: NO_GRANT.format(level="MANAGE"),
                 404: "The registry has no such registered model, or (to turn serving off or "
                 "change its settings) serving is not enabled for it.",

@@ -106,6 +106,7 @@ class ServingAPI:
             "state_message": routes.message if routes else "Starting the model server.",
             "settings": settings,
             "served_versions": len(routes.versions) if routes else 0,
+            "engine": self.control.engine,  # the page offers cluster settings on ray only
         }
 
     async def _name_from_body(self, scope: Scope, receive: Receive) -> tuple[str, dict]:

@@ -112,7 +112,7 @@ export function showModel(main, name, session) {
       parts.request.versions(listed.endpoint_versions || []);
       parts.versions.update(listed.endpoint_versions || []);
     }
-    parts.settings?.update(endpoint.settings || {});
+    parts.settings?.update(endpoint.settings || {}, endpoint.engine);
   }
 
   function showJobs() {

@@ -8,7 +8,13 @@ const NUMBERS = [
   ["max_batch_delay_ms", "Max batch delay (ms)", "How long a batch may wait for more requests.", 0],
   ["timeout_s", "Request timeout (s)", "A request that takes longer gets 504.", 1],
   ["scale_to_zero_after", "Scale to zero after (s)", "Idle this long, its servers stop; the next request wakes it. Empty: never.", 1],
+  // Where replicas are placed on a Ray cluster: shown only when modelhost runs with --engine ray.
+  ["cpus", "CPUs per replica", "Logical CPUs each replica reserves on a cluster node.", 0.1, "0.1"],
+  ["memory_mb", "Memory per replica (MB)", "Memory each replica reserves on a cluster node; 0 reserves none.", 0],
+  ["min_replicas", "Min replicas", "Replicas of the model server that always run, each holding every version.", 1],
+  ["max_replicas", "Max replicas", "The most replicas it grows to under load; at least Min replicas.", 1],
 ];
+const CLUSTER = new Set(["cpus", "memory_mb", "min_replicas", "max_replicas"]);
 // Empty means off (null), not "keep what it is".
 const NULLABLE = new Set(["scale_to_zero_after"]);
 const MANAGERS = [
@@ -19,6 +25,8 @@ const MANAGERS = [
 
 export function settingsForm(name, saved) {
   const fields = {};
+  const cluster = []; // the fields' rows that apply only on a Ray cluster
+  let onCluster = false; // until the platform says it runs on one
   const manager = h("select", { id: "setting-env_manager", name: "env_manager" },
     MANAGERS.map(([value, label]) => h("option", { value }, label)));
   const tags = h("tbody");
@@ -51,9 +59,14 @@ export function settingsForm(name, saved) {
     },
   },
   h("div", { class: "field" }, h("label", { for: "setting-env_manager" }, "Environment manager"), manager),
-  NUMBERS.map(([key, label, help, min]) => {
-    fields[key] = h("input", { type: "number", id: `setting-${key}`, name: key, min: String(min), step: "1", "aria-describedby": `help-${key}` });
-    return h("div", { class: "field" }, h("label", { for: `setting-${key}` }, label), fields[key], h("small", { id: `help-${key}`, class: "muted" }, help));
+  NUMBERS.map(([key, label, help, min, step = "1"]) => {
+    fields[key] = h("input", { type: "number", id: `setting-${key}`, name: key, min: String(min), step, "aria-describedby": `help-${key}` });
+    const row = h("div", { class: "field" }, h("label", { for: `setting-${key}` }, label), fields[key], h("small", { id: `help-${key}`, class: "muted" }, help));
+    if (CLUSTER.has(key)) {
+      row.style.display = "none"; // .field's grid would show a [hidden] row
+      cluster.push(row);
+    }
+    return row;
   }),
   h("fieldset", {}, h("legend", {}, "Tags"),
     h("table", { class: "tags" }, h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Key"), h("th", { scope: "col" }, "Value"), h("th", {}))), tags),
@@ -71,6 +84,7 @@ export function settingsForm(name, saved) {
   function read() {
     const settings = { env_manager: manager.value };
     for (const [key] of NUMBERS) {
+      if (CLUSTER.has(key) && !onCluster) continue; // the local engine refuses them
       if (fields[key].value !== "") settings[key] = Number(fields[key].value);
       else if (NULLABLE.has(key)) settings[key] = null;
     }
@@ -81,7 +95,10 @@ export function settingsForm(name, saved) {
   }
 
   // What the platform holds, unless the user is editing: their edits are not overwritten.
-  function update(settings) {
+  // `engine`: what runs the model servers (local, ray); the cluster fields apply on ray only.
+  function update(settings, engine) {
+    onCluster = engine === "ray";
+    for (const row of cluster) row.style.display = onCluster ? "" : "none";
     const key = JSON.stringify(settings);
     if (dirty || key === current) return;
     current = key;
