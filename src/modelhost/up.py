@@ -118,7 +118,7 @@ def _run(
             node.watch(Counter(store, SERVING).moved, lambda _: controller.nudge())
             control = ServingControl(
                 store, registry_url, controller.defaults, board, controller.nudge,
-                controller.log_path,
+                controller.log_path, settings.engine,
             )  # fmt: skip
             jobs = JobManager(
                 JobStore(store.engine, store.node), settings.home, settings.batch_folder,
