@@ -4,9 +4,9 @@ Every scoring request crosses the gateway, so this does the least it can: one wr
 exchange, httptools (uvicorn's own parser) to read the answer, and idle connections reused. The
 scoring requests for one version that arrive in the same pass of the event loop go as one pack
 (`modelhost.packing`): one exchange for the crowd, handed to the server's batcher at once. It
-speaks only to modelhost's model servers, over their Unix sockets, which answer every request with a
-Content-Length, so it needs none of a general client's features (redirects, cookies, TLS,
-compression, proxies). The registry's traffic goes through `proxy.Upstream` instead.
+speaks only to modelhost's model servers, which answer every request with a Content-Length, so
+it needs none of a general client's features (redirects, cookies, TLS, compression, proxies).
+The registry's traffic goes through `proxy.Upstream` instead.
 
 A replica on this machine is reached over its Unix socket; one on a cluster node over TCP, each
 request carrying the secret that replica was started with (`authorization: Bearer`, in bytes
