@@ -246,3 +246,22 @@ def test_a_route_without_a_killed_replica_answers_from_the_others(
                 assert answer.status_code == 200, answer.text
             # Its pool was closed, the other's kept.
             assert client.get("/metrics").status_code == 200
+
+
+def test_a_killed_replica_still_routed_costs_no_request(gateway, workers, log_dir, model_paths):
+    """Until the routes drop a replica whose process died, requests that cannot reach it go to
+    another: they never reached the dead one, so sending them again is safe."""
+    one = workers[0]
+    models = {"1": str(model_paths["scaled_sum"])}
+    with tcp_model_worker(log_dir / "replica-4.log") as four, holding(four, **models):
+        gateway.board.publish(table(**{"1": (replica(1, one), replica(4, four))}))
+        with httpx.Client(base_url=gateway.url, timeout=60) as client:
+            for _ in range(4):
+                assert client.post("/model/m/1/invocations", json=SUM).status_code == 200
+            assert served(four) > 0
+            stop_group(four.process, 0)
+            before = served(one)
+            for _ in range(10):  # the route still lists the dead replica
+                answer = client.post("/model/m/1/invocations", json=SUM)
+                assert answer.status_code == 200, answer.text
+            assert served(one) - before == 10

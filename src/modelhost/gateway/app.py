@@ -39,7 +39,7 @@ from modelhost.gateway.paths import (
     scoring_target,
     serving_action,
 )
-from modelhost.gateway.pool import ConnectionPool, UpstreamClosed
+from modelhost.gateway.pool import ConnectionPool, Response, Unreachable, UpstreamClosed
 from modelhost.gateway.proxy import HOP_BY_HOP, Upstream
 from modelhost.gateway.series import Series
 from modelhost.gateway.serving import ServingAPI
@@ -195,13 +195,11 @@ class Gateway:
             if body is None:
                 body = await read_body(dict(received), receive, self.settings.max_body_bytes)
             content_type = next((v for k, v in received if k == b"content-type"), b"")
-            # Chosen once the body is in: the choice and the sending see the same loads.
-            pool = self._least_busy(server.replicas)
             in_flight = self.control.board.in_flight  # read by autoscaling
             in_flight[name] = in_flight.get(name, 0) + 1
             try:
-                # The server times out scoring itself; the pool bounds one that answers nothing.
-                answer = await pool.score(version, content_type, body, timeout_s)
+                answer = await self._send_to(server.replicas, version, content_type, body,
+                                             timeout_s)  # fmt: skip
             finally:
                 in_flight[name] -= 1
             self.control.requested(name)  # a long request counts until it ends
@@ -250,6 +248,27 @@ class Gateway:
                 "shortly."
             )
         return version, route.server
+
+    async def _send_to(
+        self,
+        replicas: tuple[Replica, ...],
+        version: str,
+        content_type: bytes,
+        body: bytes,
+        timeout_s: float,
+    ) -> Response:
+        """The answer of the least busy replica; if it cannot be reached (its node or process
+        just died, and the routes do not know yet), of another: the request never reached it."""
+        while True:
+            # Chosen once the body is in: the choice and the sending see the same loads.
+            pool = self._least_busy(replicas)
+            try:
+                # The server times out scoring itself; the pool bounds one that answers nothing.
+                return await pool.score(version, content_type, body, timeout_s)
+            except Unreachable:
+                replicas = tuple(r for r in replicas if r.number != pool.replica.number)
+                if not replicas:
+                    raise
 
     def _least_busy(self, replicas: tuple[Replica, ...]) -> ConnectionPool:
         """The pool of the replica with the fewest requests in flight; of equally busy ones,

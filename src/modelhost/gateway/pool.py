@@ -41,6 +41,10 @@ class UpstreamClosed(ConnectionError):
     """The model server closed the connection, or could not be reached."""
 
 
+class Unreachable(UpstreamClosed):
+    """No connection to the model server could be opened: the request never reached it."""
+
+
 class _Connection(asyncio.Protocol):
     """One connection; it carries one request at a time."""
 
@@ -263,7 +267,7 @@ class ConnectionPool:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError as e:
             message = f"The model server at {self.address} did not answer: {e}"
-            raise UpstreamClosed(message) from None
+            raise Unreachable(message) from None
         return connection
 
     def close(self) -> None:
