@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -1204,3 +1205,325 @@ class Nginx:
             return self.log_path.read_text(errors="replace")
         except OSError:
             return "(no nginx log)"
+
+
+# A Ray cluster: a head node (the GCS, no CPU by default) and worker nodes, each node a process
+# of its own that starts the node's Ray processes and, as their subreaper, keeps every process
+# of the node (Ray workers and what they start, orphans too) below it until the node ends.
+RAY_START_TIMEOUT_S = 180  # a node registers in seconds; minutes on a machine busy with others
+RAY_STOP_TIMEOUT_S = 60  # a node drains, stops its processes, then kills what is left
+_RAY_STARTED = "Ray node started."
+# One node, as `ray start --block` runs it, without the checks of Ray's command line that would
+# send a node on 127.0.0.1 to this machine's other address.
+_RAY_NODE = f"""
+import ctypes, json, os, shutil, signal, sys, time
+from ray._private.node import Node
+from ray._private.parameter import RayParams
+
+ctypes.CDLL(None, use_errno=True).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: orphans stay below
+
+def below():
+    children = {{}}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = open(f"/proc/{{pid}}/stat").read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(stat[1]), []).append(int(pid))
+    found, todo = [], list(children.get(os.getpid(), []))
+    while todo:
+        found.append(todo.pop())
+        todo += children.get(found[-1], [])
+    return found
+
+def reap():
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+    except ChildProcessError:
+        pass
+
+try:
+    # SIGTERM: Node drains, stops its processes and exits.
+    Node(RayParams(**json.loads(sys.argv[1])), head=sys.argv[2] == "head",
+         shutdown_at_exit=True, spawn_reaper=False)
+    print({_RAY_STARTED!r}, flush=True)
+    while True:
+        signal.pause()
+finally:
+    # Ray workers end a moment after their raylet; what has not ended in 10 s is killed.
+    deadline = time.monotonic() + 10
+    while below() and time.monotonic() < deadline:
+        reap()
+        time.sleep(0.1)
+    for pid in below():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 30
+    while below() and time.monotonic() < deadline:
+        reap()
+        time.sleep(0.05)
+    # Its folder goes with it, and the cluster's with the last node, even if pytest was killed.
+    folder = json.loads(sys.argv[1])["temp_dir"]
+    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        os.rmdir(os.path.dirname(folder))
+    except OSError:
+        pass
+"""
+
+
+@dataclasses.dataclass
+class RayNode:
+    """One node of a `RayCluster`; `port` is its raylet's: `NodeManagerPort` in `ray.nodes()`."""
+
+    name: str
+    port: int
+    cpus: int
+    process: subprocess.Popen
+    log_path: Path
+
+    def pids(self) -> list[int]:
+        """Every running process of this node: its own, its raylet, agents, Ray workers and
+        whatever they started."""
+        return _descendants(self.process.pid)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+class RayCluster:
+    """A real Ray cluster on 127.0.0.1: a head node and `workers` nodes of `cpus` CPUs each.
+
+    Nothing here connects to it as a driver: the driver is another process (`modelhost up
+    --engine ray`) started with `environ()` in its environment. `env` reaches every process the
+    nodes start (Ray workers run modelhost code that reads its environment). `head_cpus` is 0
+    by default, so every task and actor lands on a worker node, any of which may be removed.
+    Use as a context, or `start()` and `stop()`; a backstop stops it at exit, and each node ends
+    with the process that started it (a killed pytest leaves nothing).
+    """
+
+    def __init__(self, log_dir: Path, workers: int = 2, *, cpus: int = 2, head_cpus: int = 0,
+                 object_store_mb: int = 80, env: dict[str, str] | None = None) -> None:  # fmt: skip
+        if object_store_mb < 75:
+            raise ValueError("object_store_mb must be at least 75: Ray refuses a smaller store")
+        self.log_dir = log_dir
+        self.workers = workers
+        self.cpus = cpus
+        self.head_cpus = head_cpus
+        self.object_store_mb = object_store_mb
+        self.env = dict(env or {})
+        self.id = uuid.uuid4().hex[:8]
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"  # the GCS: what `--ray-address` takes
+        self.token = secrets.token_hex(16)
+        self.head: RayNode | None = None
+        self.nodes: list[RayNode] = []  # the worker nodes still in the cluster
+        self.temp_dir: str | None = None  # each node's Ray folder is in it, named as the node
+        self._added = 0
+        self._stopped = False
+
+    def environ(self) -> dict[str, str]:
+        """What a driver process needs in its environment to connect (the nodes have it too)."""
+        return {
+            # Without both, a driver is refused: the token alone does not turn token auth on.
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": self.token,
+            # Ray takes 127.0.0.1 for this machine's other address unless told it is a
+            # single-machine cluster; this keeps every connection on the loopback.
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        }
+
+    def __enter__(self) -> RayCluster:
+        return self.start()
+
+    def __exit__(self, *_) -> None:
+        self.stop()
+
+    def start(self) -> RayCluster:
+        """Start the head, then every worker node at once; return when the GCS knows them all."""
+        # Short: Ray's Unix socket paths under it must fit in 107 bytes.
+        self.temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+        atexit.register(self.stop)
+        started: list[RayNode] = []
+        try:
+            self.head = self._start_node("head", self.head_cpus, head=True)
+            self._wait_started(self.head)
+            started = [self._start_node(self._next_name(), self.cpus) for _ in range(self.workers)]
+            for node in started:
+                self._wait_started(node)
+                self.nodes.append(node)
+        except BaseException:
+            self.nodes = started  # stop() ends those that did start
+            self.stop()
+            raise
+        return self
+
+    def add_node(
+        self, cpus: int | None = None, resources: dict[str, float] | None = None
+    ) -> RayNode:
+        """Start one more worker node (of `cpus`, default the cluster's) and wait until it joins."""
+        node = self._start_node(self._next_name(), self.cpus if cpus is None else cpus,
+                                resources=resources)  # fmt: skip
+        try:
+            self._wait_started(node)
+        finally:
+            self.nodes.append(node)  # so that stop() ends it even if it did not start
+        return node
+
+    def remove_node(self, node: RayNode) -> None:
+        """Lose `node` as a machine is lost: every process of it frozen, then killed at once."""
+        if node is self.head:
+            raise ValueError("the head node holds the GCS; to end the cluster, stop() it")
+        if node not in self.nodes:
+            raise ValueError(f"{node.name} is not a node of this cluster (any more)")
+        self.nodes.remove(node)
+        _lose(node.process.pid)
+        node.process.wait(timeout=RAY_STOP_TIMEOUT_S)
+
+    def pids(self) -> list[int]:
+        """Every running process of the cluster."""
+        return sorted(p for node in self._all_nodes() for p in node.pids())
+
+    def _all_nodes(self) -> list[RayNode]:
+        return [*self.nodes, *([self.head] if self.head else [])]
+
+    def stop(self) -> None:
+        """SIGTERM each node, as `ray stop` does; fail, killing them, if any of its processes
+        outlives it. Once stopped, a second stop does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
+        atexit.unregister(self.stop)
+        nodes = self._all_nodes()
+        running = process_starts(self.pids())
+        self.nodes = []
+        try:
+            # Worker nodes first: one that outlives its GCS logs errors until it ends.
+            for group in (nodes[:-1], nodes[-1:]):
+                for node in group:
+                    with contextlib.suppress(ProcessLookupError):
+                        node.process.send_signal(signal.SIGTERM)
+                for node in group:
+                    try:
+                        node.process.wait(timeout=RAY_STOP_TIMEOUT_S)
+                    except subprocess.TimeoutExpired:
+                        _lose(node.process.pid)
+                        node.process.wait(timeout=RAY_STOP_TIMEOUT_S)
+            left = still_running(running)
+            for pid in left:
+                _lose(pid)
+            assert left == [], f"Ray processes still running after the cluster stopped: {left}"
+        finally:
+            if self.temp_dir is not None:
+                shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def _next_name(self) -> str:
+        self._added += 1
+        return f"worker-{self._added}"
+
+    def _start_node(self, name: str, cpus: int, *, head: bool = False,
+                    resources: dict[str, float] | None = None) -> RayNode:  # fmt: skip
+        port = free_port()
+        # A folder of its own, as on a machine of its own: nodes that share one race for the
+        # names of their sockets when they start at once.
+        temp_dir = Path(self.temp_dir, name)
+        temp_dir.mkdir()
+        # Every port a node listens on is a free one: two clusters on one machine (or one left
+        # by another run) must not meet on Ray's fixed defaults. Worker ports: 0, the OS picks.
+        params = dict(node_ip_address="127.0.0.1", temp_dir=str(temp_dir), num_cpus=cpus,
+                      resources=resources or {}, object_store_memory=self.object_store_mb * 2**20,
+                      node_manager_port=port, object_manager_port=free_port(),
+                      dashboard_agent_listen_port=free_port(), metrics_agent_port=free_port(),
+                      runtime_env_agent_port=free_port(), metrics_export_port=free_port(),
+                      min_worker_port=0, max_worker_port=0, include_log_monitor=False)  # fmt: skip
+        env = {**os.environ, **self.environ(), "RAY_USAGE_STATS_ENABLED": "0", **self.env}
+        if head:
+            # A lost node is seen dead after 3 missed health checks 0.5 s apart, not 30 s.
+            checks = {"health_check_period_ms": 500, "health_check_timeout_ms": 500,
+                      "health_check_failure_threshold": 3}  # fmt: skip
+            params.update(gcs_server_port=self.port, include_dashboard=False, no_monitor=True,
+                          dashboard_port=free_port(), _system_config=checks)  # fmt: skip
+            env["DASHBOARD_METRIC_PORT"] = str(free_port())
+        else:
+            params.update(gcs_address=self.address)
+        log_path = self.log_dir / f"ray-{self.id}-{name}.log"
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-c", _RAY_NODE, json.dumps(params), "head" if head else "worker"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                start_new_session=True, preexec_fn=_end_with_parent,
+            )  # fmt: skip
+        return RayNode(name, port, cpus, process, log_path)
+
+    def _wait_started(self, node: RayNode) -> None:
+        deadline = time.monotonic() + RAY_START_TIMEOUT_S
+        while _RAY_STARTED not in node.log():
+            if node.process.poll() is not None:
+                raise RuntimeError(f"Ray node {node.name} exited with "
+                                   f"{node.process.returncode}:\n{node.log()}")  # fmt: skip
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Ray node {node.name} did not start within "
+                                   f"{RAY_START_TIMEOUT_S} s:\n{node.log()}")  # fmt: skip
+            time.sleep(0.1)
+
+
+def _end_with_parent() -> None:
+    """In a child before exec: SIGTERM it when the thread that started it ends (Linux), so start
+    a cluster from the main thread, as fixtures run."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _descendants(pid: int) -> list[int]:
+    """`pid` and the running processes below it."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError, IndexError):
+            stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            if stat[0] != "Z":
+                children.setdefault(int(stat[1]), []).append(int(proc.name))
+    found, todo = [], [pid]
+    while todo:
+        found.append(todo.pop())
+        todo += children.get(found[-1], [])
+    return sorted(p for p in found if not _ended(p))
+
+
+def _lose(pid: int) -> None:
+    """SIGSTOP `pid` and all below it until no new process appears, then SIGKILL them all."""
+    frozen: set[int] = set()
+    for _ in range(100):  # each round freezes what the last one saw being born
+        born = set(_descendants(pid)) - frozen
+        if not born:
+            break
+        for p in born:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGSTOP)
+        frozen |= born
+    for p in frozen:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
+    wait_for(lambda: all(_ended(p) for p in frozen), 30, f"processes {sorted(frozen)} to die")
+
+
+def process_starts(pids: list[int]) -> dict[int, int]:
+    """Each running process of `pids` with when it started: with it, a process that later
+    takes the same pid is not mistaken for it."""
+    return {pid: at for pid in pids if (at := _started_at(pid)) is not None}
+
+
+def still_running(starts: dict[int, int]) -> list[int]:
+    """The processes of `process_starts()` that still run."""
+    return [pid for pid, at in starts.items() if _started_at(pid) == at]
+
+
+def _started_at(pid: int) -> int | None:
+    """When `pid` started (clock ticks since boot), or None if it is gone."""
+    with contextlib.suppress(OSError, IndexError):
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return None if stat[0] == "Z" else int(stat[19])
+    return None
