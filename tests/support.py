@@ -686,6 +686,51 @@ def model_worker(log_path: Path, *options: str) -> Iterator[tuple[httpx.Client, 
         shutil.rmtree(sockets)
 
 
+@dataclasses.dataclass(frozen=True)
+class TcpWorker:
+    """A platform model server on a TCP port of 127.0.0.1, as a cluster node starts one."""
+
+    port: int
+    secret: str
+    process: subprocess.Popen
+
+    def client(self, secret: str | None = None) -> httpx.Client:
+        """A client that sends `secret` (this server's own by default; "" for none)."""
+        secret = self.secret if secret is None else secret
+        headers = {"authorization": f"Bearer {secret}"} if secret else {}
+        return httpx.Client(base_url=f"http://127.0.0.1:{self.port}", headers=headers, timeout=60)
+
+
+@contextlib.contextmanager
+def tcp_model_worker(log_path: Path, *options: str) -> Iterator[TcpWorker]:
+    """A platform model server on a TCP socket bound to 127.0.0.1:0 and handed over open, with a
+    fresh secret in MODELHOST_SERVER_SECRET."""
+    secret = uuid.uuid4().hex
+    log = open(log_path, "wb")  # noqa: SIM115 - closed below
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "modelhost", "worker", "--fd", str(listener.fileno()), *options],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            pass_fds=(listener.fileno(),), env={**os.environ, "MODELHOST_SERVER_SECRET": secret},
+        )  # fmt: skip
+        worker = TcpWorker(listener.getsockname()[1], secret, process)
+    try:
+        with worker.client() as client:
+
+            def pings() -> None:
+                assert process.poll() is None, "the model server exited"
+                try:
+                    assert client.get("/ping").status_code == 200
+                except httpx.TransportError:
+                    raise AssertionError("not answering yet") from None
+
+            eventually(pings, timeout_s=120)
+        yield worker
+    finally:
+        stop_group(process, 30)
+        log.close()
+
+
 def _listens(path: Path, process: subprocess.Popen) -> None:
     """Refused until the server listens on the socket it was handed."""
     assert process.poll() is None, "the model server exited"

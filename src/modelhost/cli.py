@@ -335,7 +335,7 @@ def up(**options: object) -> None:
     "--fd",
     type=click.IntRange(min=0),
     required=True,
-    help="The bound Unix socket to serve on, handed over open by `modelhost up`.",
+    help="The bound socket to serve on (Unix, or TCP on a cluster node), handed over open.",
 )
 @click.option(
     "--workers",

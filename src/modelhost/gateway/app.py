@@ -15,7 +15,7 @@ from modelhost.auth.origin import CROSS_SITE, changes, cross_site
 from modelhost.batch.jobs_api import JOBS_PATH, JobsAPI
 from modelhost.config import UpSettings
 from modelhost.control.node import Node, listed
-from modelhost.control.routes import ServerAddress, VersionState
+from modelhost.control.routes import Replica, ServerAddress, VersionState
 from modelhost.control.serving import ServingControl
 from modelhost.errors import (
     LengthRequired,
@@ -70,7 +70,8 @@ class Gateway:
         self.serving_api = ServingAPI(control)
         self.batch_jobs = batch_jobs
         self._registry: Upstream | None = None
-        self._pools: dict[int, ConnectionPool] = {}  # by model server (its number)
+        self._pools: dict[int, ConnectionPool] = {}  # by replica of a model server (its number)
+        self._turn = 0  # rotates which of equally busy replicas gets the next request
         self.metrics = GatewayMetrics(served=lambda name: name in control.routes.models)
         self.series = Series(self.metrics)
         nodes = (lambda: listed(node.store)) if node is not None else list
@@ -191,12 +192,18 @@ class Gateway:
                     cold_start = ((b"x-modelhost-cold-start-ms", b"%d" % round(woke_ms)),)
                 version, server = self._route(name, ref)
             self.control.requested(name)  # not idle: it stays awake
-            pool = self._pools.get(server.number) or self._pool(server)
             if body is None:
                 body = await read_body(dict(received), receive, self.settings.max_body_bytes)
             content_type = next((v for k, v in received if k == b"content-type"), b"")
-            # The server times out scoring itself; the pool bounds one that answers nothing.
-            answer = await pool.score(version, content_type, body, timeout_s)
+            # Chosen once the body is in: the choice and the sending see the same loads.
+            pool = self._least_busy(server.replicas)
+            in_flight = self.control.board.in_flight  # read by autoscaling
+            in_flight[name] = in_flight.get(name, 0) + 1
+            try:
+                # The server times out scoring itself; the pool bounds one that answers nothing.
+                answer = await pool.score(version, content_type, body, timeout_s)
+            finally:
+                in_flight[name] -= 1
             self.control.requested(name)  # a long request counts until it ends
         except ModelhostError as e:
             headers = retry if isinstance(e, NotReady) else ()
@@ -244,20 +251,42 @@ class Gateway:
             )
         return version, route.server
 
-    def _pool(self, server: ServerAddress) -> ConnectionPool:
-        """A pool for a new model server; those of servers that are gone are closed."""
-        live = self.control.routes.servers()
+    def _least_busy(self, replicas: tuple[Replica, ...]) -> ConnectionPool:
+        """The pool of the replica with the fewest requests in flight; of equally busy ones,
+        each in turn, so idle replicas share the load."""
+        if len(replicas) == 1:  # a server of this machine: nothing to choose
+            replica = replicas[0]
+            return self._pools.get(replica.number) or self._pool(replica)
+        self._turn += 1
+        count = len(replicas)
+        best: ConnectionPool | None = None
+        for at in range(self._turn, self._turn + count):
+            replica = replicas[at % count]
+            pool = self._pools.get(replica.number) or self._pool(replica)
+            if best is None or pool.in_flight < best.in_flight:
+                best = pool
+        assert best is not None, "a ready route lists at least one replica"
+        return best
+
+    def _pool(self, replica: Replica) -> ConnectionPool:
+        """A pool for a new replica; those of replicas no route points at any more are closed."""
+        live = self.control.routes.replicas()
         for gone in self._pools.keys() - live:
             self._pools.pop(gone).close()
-        pool = self._pools[server.number] = ConnectionPool(server.socket)
+        pool = self._pools[replica.number] = ConnectionPool(replica)
         return pool
 
     def _model_servers(self) -> list[tuple[str, ConnectionPool]]:
-        """Each served model's name with a pool of each of its servers, for /metrics."""
+        """Each served model's name with a pool of each replica of its servers, for /metrics."""
         return [
-            (name, self._pools.get(server.number) or self._pool(server))
+            (name, self._pools.get(replica.number) or self._pool(replica))
             for name, routes in self.control.routes.models.items()
-            for server in {r.server for r in routes.versions.values() if r.server is not None}
+            for replica in {
+                replica
+                for route in routes.versions.values()
+                if route.server is not None
+                for replica in route.server.replicas
+            }
         ]
 
     async def _health(self, send: Send) -> None:

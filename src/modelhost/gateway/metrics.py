@@ -205,13 +205,23 @@ async def _relayed(model: str, pool: ConnectionPool) -> list[Metric]:
 
 
 def _merged(per_server: list[list[Metric]]) -> list[Metric]:
-    """One family per name, holding every server's samples."""
+    """One family per name, holding every server's samples: those of replicas of one server
+    (same name and labels) summed, as one server's worker processes are."""
     merged: dict[str, Metric] = {}
     for families in per_server:
         for family in families:
             into = merged.setdefault(family.name, family)
-            if into is not family:
-                into.samples.extend(family.samples)
+            if into is family:
+                continue
+            at = {(s.name, tuple(sorted(s.labels.items()))): i for i, s in enumerate(into.samples)}
+            for sample in family.samples:
+                i = at.get((sample.name, tuple(sorted(sample.labels.items()))))
+                if i is None:
+                    into.samples.append(sample)
+                else:
+                    into.samples[i] = into.samples[i]._replace(
+                        value=into.samples[i].value + sample.value
+                    )
     return list(merged.values())
 
 

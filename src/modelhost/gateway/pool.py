@@ -1,17 +1,23 @@
-"""Kept-alive HTTP/1.1 connections to one model server: the scoring path's only hop.
+"""Kept-alive HTTP/1.1 connections to one model server replica: the scoring path's only hop.
 
 Every scoring request crosses the gateway, so this does the least it can: one write per
 exchange, httptools (uvicorn's own parser) to read the answer, and idle connections reused. The
 scoring requests for one version that arrive in the same pass of the event loop go as one pack
 (`modelhost.packing`): one exchange for the crowd, handed to the server's batcher at once. It
-speaks only to modelhost's model servers, over their Unix sockets, which answer every request with a
-Content-Length, so it needs none of a general client's features (redirects, cookies, TLS,
-compression, proxies). The registry's traffic goes through `proxy.Upstream` instead.
+speaks only to modelhost's model servers, which answer every request with a Content-Length, so
+it needs none of a general client's features (redirects, cookies, TLS, compression, proxies).
+The registry's traffic goes through `proxy.Upstream` instead.
+
+A replica on this machine is reached over its Unix socket; one on a cluster node over TCP, each
+request carrying the secret that replica was started with (`authorization: Bearer`, in bytes
+made once). The pool counts its scoring requests in flight, so the gateway can send the next
+one to the least busy replica of a server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections import deque
 from dataclasses import dataclass
 from itertools import zip_longest
@@ -20,6 +26,7 @@ from typing import cast
 import httptools
 
 from modelhost import packing
+from modelhost.control.routes import Replica
 from modelhost.errors import ModelhostError
 
 
@@ -110,11 +117,18 @@ class _Waiting:
 
 
 class ConnectionPool:
-    """Connections to one model server's Unix socket, opened as needed and kept while idle."""
+    """Connections to one replica of a model server, opened as needed and kept while idle."""
 
-    def __init__(self, path: str, max_idle: int = 128) -> None:
-        self.path = path
+    def __init__(self, replica: Replica, max_idle: int = 128) -> None:
+        self.replica = replica
         self.max_idle = max_idle
+        self.in_flight = 0  # scoring requests sent or waiting to be, not yet answered
+        # Where it is, for messages: never its secret.
+        self.address = replica.socket or f"{replica.host}:{replica.port}"
+        # What every request's head carries after its request line.
+        self._head = b"host: model-server\r\n"
+        if replica.secret:
+            self._head += b"authorization: Bearer %s\r\n" % replica.secret.encode("latin-1")
         self._idle: deque[_Connection] = deque()
         self._waiting: dict[tuple[str, float], list[_Waiting]] = {}  # by (version, timeout)
         self._sending: set[asyncio.Future[None]] = set()
@@ -127,16 +141,20 @@ class ConnectionPool:
         Raises UpstreamClosed, or TimeoutError past `timeout_s`. A small request waits for the
         end of this pass of the event loop, then goes with every other that came meanwhile.
         """
-        if len(body) > packing.MAX_BODY_BYTES:
-            return await self._alone(version, content_type, body, timeout_s)
-        answer = asyncio.get_running_loop().create_future()
-        key = (version, timeout_s)
-        waiting = self._waiting.get(key)
-        if waiting is None:
-            waiting = self._waiting[key] = []
-            asyncio.get_running_loop().call_soon(self._send_waiting, key)
-        waiting.append(_Waiting(content_type, body, answer))
-        return await answer
+        self.in_flight += 1
+        try:
+            if len(body) > packing.MAX_BODY_BYTES:
+                return await self._alone(version, content_type, body, timeout_s)
+            answer = asyncio.get_running_loop().create_future()
+            key = (version, timeout_s)
+            waiting = self._waiting.get(key)
+            if waiting is None:
+                waiting = self._waiting[key] = []
+                asyncio.get_running_loop().call_soon(self._send_waiting, key)
+            waiting.append(_Waiting(content_type, body, answer))
+            return await answer
+        finally:
+            self.in_flight -= 1
 
     def _send_waiting(self, key: tuple[str, float]) -> None:
         waiting = self._waiting.pop(key)
@@ -201,7 +219,7 @@ class ConnectionPool:
         self, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes
     ) -> Response:
         """Send one request and read its whole answer; raises UpstreamClosed."""
-        head = [f"{method} {path} HTTP/1.1\r\nhost: model-server\r\n".encode("latin-1")]
+        head = [f"{method} {path} HTTP/1.1\r\n".encode("latin-1"), self._head]
         head.extend(b"%s: %s\r\n" % pair for pair in headers)
         head.append(b"content-length: %d\r\n\r\n" % len(body))
         request = b"".join([*head, body])
@@ -232,10 +250,19 @@ class ConnectionPool:
 
     async def _open(self) -> _Connection:
         loop = asyncio.get_running_loop()
+        replica = self.replica
         try:
-            _, connection = await loop.create_unix_connection(_Connection, self.path)
+            if replica.socket:
+                _, connection = await loop.create_unix_connection(_Connection, replica.socket)
+            else:
+                transport, connection = await loop.create_connection(
+                    _Connection, replica.host, replica.port
+                )
+                # Each request is one write: send it now, not after the last one's ACK.
+                sock = transport.get_extra_info("socket")
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError as e:
-            message = f"The model server at {self.path} did not answer: {e}"
+            message = f"The model server at {self.address} did not answer: {e}"
             raise UpstreamClosed(message) from None
         return connection
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import os
 import time
@@ -22,6 +23,7 @@ from modelhost.errors import (
     NotFound,
     NotReady,
     Timeout,
+    Unauthenticated,
 )
 from modelhost.worker import metrics, protocol
 from modelhost.worker.model import ServedModel
@@ -36,6 +38,11 @@ DEFAULT_VERSION = "model"
 PARSE_INLINE_BYTES = 64 * 1024
 # What a 503 tells clients: the version may be ready, or the server replaced, in a moment.
 RETRY_SOON = ((b"retry-after", b"1"),)
+# What a caller without the server's secret is told (on a cluster, its port is on the network).
+NOT_THE_GATEWAY = (
+    "This model server runs on a cluster and answers only the modelhost gateway that started it: "
+    "send requests to the gateway's /model/<name>/<version>/invocations instead."
+)
 
 
 class ModelServer:
@@ -54,8 +61,10 @@ class ModelServer:
         default: str | None,
         control: bool,
         replicas: Replicas | None = None,
+        secret: str = "",  # on a TCP port: every request must carry it as a bearer token
     ) -> None:
         self.settings = settings
+        self._bearer = b"Bearer " + secret.encode() if secret else None
         self.versions = versions
         self.replicas = replicas  # with several worker processes: what they all hold
         self.default = default  # the version /invocations answers, in `modelhost serve`
@@ -94,6 +103,10 @@ class ModelServer:
                 return
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._bearer is not None and not self._authorized(scope):
+            error = Unauthenticated(NOT_THE_GATEWAY)
+            await respond(send, error.status, error.body())
+            return
         method, path = scope["method"], scope["path"]
         route = self._routes.get((method, path))
         if route is not None:
@@ -107,6 +120,14 @@ class ModelServer:
             hint = "POST /invocations; see GET /metadata" if self.default else "GET /versions"
             error = NotFound(f"No route {path}. Try {hint}.")
             await respond(send, error.status, error.body())
+
+    def _authorized(self, scope: Scope) -> bool:
+        """Whether the request carries this server's secret as its bearer token."""
+        assert self._bearer is not None
+        for name, value in scope["headers"]:
+            if name == b"authorization":  # uvicorn gives header names in lower case
+                return hmac.compare_digest(value, self._bearer)
+        return False
 
     async def _version_route(self, scope: Scope, receive: Receive, send: Send) -> None:
         name, _, rest = scope["path"].removeprefix("/versions/").partition("/")
@@ -318,10 +339,15 @@ def create_app() -> ModelServer:
     return ModelServer(settings, versions, default=DEFAULT_VERSION, control=False)
 
 
-def create_platform_app() -> ModelServer:
-    """Factory for a platform server: it starts empty and loads the versions it is told to."""
+def create_platform_app(secret: str = "") -> ModelServer:
+    """Factory for a platform server: it starts empty and loads the versions it is told to.
+
+    `secret`, if any, is what every request must carry (worker/server.py hands it over).
+    """
     settings = ServeSettings.from_env()
     versions = Versions(settings, tag_logs=True)
     folder = os.environ.get(FOLDER_ENV)
     replicas = Replicas(Path(folder), versions, settings.workers) if folder else None
-    return ModelServer(settings, versions, default=None, control=True, replicas=replicas)
+    return ModelServer(
+        settings, versions, default=None, control=True, replicas=replicas, secret=secret
+    )

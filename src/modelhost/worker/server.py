@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import shutil
@@ -19,6 +20,10 @@ from modelhost.worker.model import download
 from modelhost.worker.replicas import FOLDER_ENV
 
 log = logging.getLogger("modelhost.worker")
+
+# A platform model server listening on TCP (on a cluster node) is started with its secret here;
+# it takes it out of its environment before any model code runs.
+SECRET_ENV = "MODELHOST_SERVER_SECRET"
 
 
 def serve(settings: ServeSettings) -> None:
@@ -57,20 +62,34 @@ def _enter_model_environment(settings: ServeSettings, local_path: str) -> None:
 def serve_versions(settings: ServeSettings) -> None:
     """Serve the versions of one registered model, loading and unloading them as told.
 
-    It serves only on the Unix socket `modelhost up` created and handed over (`settings.fd`):
-    no TCP port, and no path this process needs to reach (control/servers.py says why).
+    It serves only on the socket it was handed (`settings.fd`), bound by whoever started it:
+    on this machine a Unix socket `modelhost up` created (no path this process needs to reach:
+    control/servers.py says why); on a cluster node a TCP socket, with a secret in
+    `MODELHOST_SERVER_SECRET` that every request must then carry.
     """
+    # Taken out first, so model code (and what it starts) never finds it in the environment.
+    secret = os.environ.pop(SECRET_ENV, "")
     if settings.fd is None:
         raise RuntimeError("A platform model server needs --fd: `modelhost up` starts it.")
     listener = socket.socket(fileno=settings.fd)
+    if listener.family != socket.AF_UNIX and not secret:
+        log.warning(
+            "Serving on the TCP socket %s with no %s: anyone who reaches it can score and load "
+            "models.", listener.getsockname(), SECRET_ENV,
+        )  # fmt: skip
     log.info(
-        "Serving model versions on the socket %s with %d worker process(es)",
-        listener.getsockname(), settings.workers,
+        "Serving model versions on the socket %s with %d worker process(es)%s",
+        listener.getsockname(), settings.workers, ", to bearers of its secret" if secret else "",
     )  # fmt: skip
+    from modelhost.worker.app import create_platform_app
+
+    # The app is built by this factory in each worker process. Uvicorn's supervisor sends it to
+    # the processes it spawns through a pipe of its own: the secret is on no command line, in no
+    # environment and in no file.
+    app = functools.partial(create_platform_app, secret)
     if settings.workers == 1:
         settings.export()  # the app is built from it
-        config = uvicorn.Config("modelhost.worker.app:create_platform_app", **_options(settings))
-        uvicorn.Server(config).run([listener])
+        uvicorn.Server(uvicorn.Config(app, **_options(settings))).run([listener])
         return
     # Worker processes share the socket and keep what they hold alike through a folder
     # (worker/replicas.py) in this server's own temporary folder, with their metrics beside it.
@@ -80,7 +99,7 @@ def serve_versions(settings: ServeSettings) -> None:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.path.join(folder, "metrics")
         os.mkdir(os.environ["PROMETHEUS_MULTIPROC_DIR"])
         settings.export()
-        config = uvicorn.Config("modelhost.worker.app:create_platform_app", **_options(settings))
+        config = uvicorn.Config(app, **_options(settings))
         # Uvicorn's own supervisor: it starts the processes, and replaces one that dies or hangs.
         Multiprocess(config, sockets=[listener]).run()
     finally:
