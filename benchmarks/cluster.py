@@ -49,6 +49,8 @@ from sklearn.datasets import load_iris
 from sklearn.ensemble import RandomForestClassifier
 
 REPLICA_HOST = b"ray::ReplicaHost"
+# Ray reads its settings from RAY_<name>, the name in its own (lower) case.
+WORKER_NICENESS = "RAY_worker_niceness"
 
 
 @dataclass(frozen=True)
@@ -72,8 +74,12 @@ class Cpu:
 
 
 @contextlib.contextmanager
-def ray_cluster(scratch: Path) -> Iterator[str]:
-    """A Ray head on 127.0.0.1 with token auth; its address. Shut down, processes and all."""
+def ray_cluster(scratch: Path, worker_niceness: int | None) -> Iterator[str]:
+    """A Ray head on 127.0.0.1 with token auth; its address. Shut down, processes and all.
+
+    Ray starts its workers, and so the model servers its actors start, at the niceness its
+    `worker_niceness` setting says (15 unless told otherwise).
+    """
     # Ray reads these when imported and when it starts a node; `up --engine ray` inherits them
     # (the token to join, and Ray kept on 127.0.0.1). The node's modelhost home is the
     # scratch folder's, not the user's.
@@ -84,6 +90,8 @@ def ray_cluster(scratch: Path) -> Iterator[str]:
         RAY_AUTH_TOKEN=secrets.token_hex(16),
         MODELHOST_HOME=str(scratch / "nodes"),
     )
+    if worker_niceness is not None:
+        os.environ[WORKER_NICENESS] = str(worker_niceness)
     from ray.cluster_utils import Cluster
 
     os.makedirs("/tmp/ray", exist_ok=True)  # Cluster writes /tmp/ray/ray_current_cluster
@@ -151,7 +159,7 @@ def run(args: argparse.Namespace) -> None:
         contextlib.ExitStack() as stack,
     ):
         tmp = Path(scratch)
-        head = stack.enter_context(ray_cluster(tmp))
+        head = stack.enter_context(ray_cluster(tmp, args.ray_worker_niceness))
         local, local_up = stack.enter_context(platform(tmp / "local", tmp / "local.log"))
         on_ray, ray_up = stack.enter_context(
             platform(tmp / "ray", tmp / "ray.log", "--engine", "ray", "--ray-address", head)
@@ -174,6 +182,9 @@ def run(args: argparse.Namespace) -> None:
             ),
             "ray": Target(f"{on_ray}/model/{MODEL}/1/invocations", ray_up.pid, server, ray_pids),
         }  # fmt: skip
+        # A busy machine gives a niced process less of its CPU: say what each server runs at.
+        niceness = {name: os.getpriority(os.PRIO_PROCESS, t.server) for name, t in targets.items()}
+        print("model servers' niceness: " + ", ".join(f"{n} {v}" for n, v in niceness.items()))
         body_file = tmp / "one-row.json"
         body_file.write_bytes(body)
         lua = write_lua(body_file)
@@ -260,6 +271,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=lambda text: [positive_int(c) for c in text.split(",")],
         default=[16, 64],
         help="comma-separated concurrency levels (default: 16,64)",
+    )
+    parser.add_argument(
+        "--ray-worker-niceness",
+        type=int,
+        help="the niceness Ray starts its workers at (RAY_worker_niceness; default: Ray's, 15)",
     )
     return parser.parse_args(argv)
 
