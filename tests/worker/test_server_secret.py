@@ -3,7 +3,6 @@ secret, and model code never finds that secret in its environment."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import mlflow
 import pandas as pd
 import pytest
 from mlflow.models import infer_signature
-from support import tcp_model_worker
+from support import eventually, tcp_model_worker
 
 SEEKER = Path(__file__).parents[1] / "toys" / "secret_seeker.py"
 ROW = {"dataframe_records": [{"x": 1.0}]}
@@ -38,10 +37,12 @@ def worker(request, log_dir, seeker):
     log = log_dir / f"secret-{workers}.log"
     with tcp_model_worker(log, "--workers", str(workers)) as worker, worker.client() as client:
         assert client.put("/versions/1", json={"model_uri": str(seeker)}).status_code == 202
-        deadline = time.monotonic() + 120
-        while client.get("/versions/1").json()["state"] != "READY":
-            assert time.monotonic() < deadline, client.get("/versions/1").json()
-            time.sleep(0.1)
+
+        def ready() -> None:  # in every process (/health says so once they all hold it)
+            versions = client.get("/health").json()["versions"]
+            assert [v["state"] for v in versions] == ["READY"], versions
+
+        eventually(ready, timeout_s=120)
         yield worker
 
 
