@@ -126,6 +126,9 @@ class RayReplicaProcess:
         self.actor = self.engine.actor_class.options(
             num_cpus=spec.runtime.cpus, memory=memory, scheduling_strategy="SPREAD",
             max_restarts=0, max_concurrency=4,
+            # Ray runs its workers at niceness 15, and the model server would inherit it: a
+            # server of a busy node would then lose the CPU to everything else there.
+            runtime_env={"env_vars": {"RAY_worker_niceness": "0"}},
         ).remote(self.number)  # fmt: skip
         assert spec.model_dir is not None, "a server's spec names the artifacts to build from"
         name, packed = self.engine.packed(spec.model_dir)

@@ -485,10 +485,14 @@ def _record_moves(
 
 
 def _said(runtime: Runtime) -> str:
-    return (
+    said = (
         f"workers {runtime.workers}, max_batch_size {runtime.max_batch_size}, "
         f"max_batch_delay_ms {runtime.max_batch_delay_ms:g}, timeout_s {runtime.timeout_s:g}"
     )
+    placed = Runtime()
+    if (runtime.cpus, runtime.memory_mb) != (placed.cpus, placed.memory_mb):  # on a cluster
+        said += f", cpus {runtime.cpus:g}, memory_mb {runtime.memory_mb}"
+    return said
 
 
 def _refs(

@@ -280,7 +280,8 @@ async def _finish(work) -> None:
     try:
         await asyncio.shield(task)
     except asyncio.CancelledError:
-        await task
+        with contextlib.suppress(Exception):  # one given up as it was cancelled fails: so be it
+            await task
         raise
 
 
