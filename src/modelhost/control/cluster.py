@@ -422,7 +422,11 @@ class RaySupervisor:
         key, scale = server.spec.key, server.spec.scale
         if server.failed:
             return ServerView(key, Health.FAILED, None, message=server.failed, scale=scale)
-        up = [r for r in server.replicas if r.health is Health.UP and r.process is not None]
+        up = [
+            r
+            for r in server.replicas
+            if r.health is Health.UP and r.answering and r.process is not None
+        ]
         versions: dict[str, Held] = {}
         ready_on: dict[str, set[int]] = {}
         for version in server.told:

@@ -89,6 +89,9 @@ class WatchedServer:
         self.health = Health.STARTING
         self.message = "Starting its model server."
         self.versions: dict[str, Held] = {}  # what it was told to hold, as it last said
+        # Whether its last health check was answered: one that was not gets no new requests
+        # where its server has other replicas, until it answers again or is replaced.
+        self.answering = False
         self.calls = asyncio.Lock()  # control calls, one at a time, in the order made
         self.poked = asyncio.Event()  # told a version to hold: look at it again soon
         self.watching: asyncio.Task[None] | None = None
@@ -141,7 +144,7 @@ class WatchedServer:
         loop = asyncio.get_running_loop()
         while True:
             process = self.launch()
-            self.process, self.versions = process, {}
+            self.process, self.versions, self.answering = process, {}, False
             self._show(Health.STARTING, "Starting its model server.")
             again = f" again (restart {restarts})" if restarts else ""
             self.record(self.model, f"{self.name} is starting{again}.")
@@ -187,12 +190,18 @@ class WatchedServer:
                     if now - started >= START_TIMEOUT_S:
                         return f"did not answer within {START_TIMEOUT_S:g} s of starting"
                 else:
-                    silent_since = silent_since or now
+                    if silent_since is None:
+                        silent_since = now
+                        self.answering = False
+                        self.changed()
                     if now - silent_since >= HUNG_AFTER_S:
                         return f"did not answer its health checks for {HUNG_AFTER_S:g} s"
                 await process.exited(QUICK_PING_S)
                 continue
             silent_since = None
+            if not self.answering:
+                self.answering = True
+                self.changed()
             if answer.status_code != 200:
                 return f"says it is unhealthy: {shown.get('message', answer.text)}"
             changed = self._update(shown["versions"])

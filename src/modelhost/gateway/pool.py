@@ -37,6 +37,9 @@ class Response:
     body: bytes
 
 
+CONNECT_TIMEOUT_S = 1.0  # to a replica on a cluster node
+
+
 class UpstreamClosed(ConnectionError):
     """The model server closed the connection, or could not be reached."""
 
@@ -259,14 +262,16 @@ class ConnectionPool:
             if replica.socket:
                 _, connection = await loop.create_unix_connection(_Connection, replica.socket)
             else:
-                transport, connection = await loop.create_connection(
-                    _Connection, replica.host, replica.port
-                )
+                # A node that is gone answers nothing at all: give up soon, for another replica.
+                async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                    transport, connection = await loop.create_connection(
+                        _Connection, replica.host, replica.port
+                    )
                 # Each request is one write: send it now, not after the last one's ACK.
                 sock = transport.get_extra_info("socket")
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError as e:
-            message = f"The model server at {self.address} did not answer: {e}"
+        except (OSError, TimeoutError) as e:
+            message = f"The model server at {self.address} did not answer: {e or 'no answer'}"
             raise Unreachable(message) from None
         return connection
 
