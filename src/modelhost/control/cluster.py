@@ -110,10 +110,11 @@ class RayReplicaProcess:
         self.log_to = log_to  # the model's log here, where the node's lines are copied
         self.number = next_number()
         self.secret = secrets.token_urlsafe(32)
-        self.client = httpx.AsyncClient()  # replaced once it listens
+        self.client: httpx.AsyncClient | None = None  # once it listens
         self.host, self.port = "", 0
         self.actor: Any = None
         self._ended: concurrent.futures.Future | None = None  # its model server's exit
+        self._ended_here: asyncio.Future | None = None  # the same, on the event loop
         self._abandoned = False
         self.waiting = ""  # what its start waits for, once it has waited a while
         self._stopping: asyncio.Future[None] | None = None
@@ -168,8 +169,9 @@ class RayReplicaProcess:
             await asyncio.sleep(timeout)
             return False
         self._copy_log()
-        ended = asyncio.wrap_future(self._ended)
-        await asyncio.wait({ended}, timeout=timeout)
+        if self._ended_here is None:  # wrapped once: each wrapping leaves a callback behind
+            self._ended_here = asyncio.wrap_future(self._ended)
+        await asyncio.wait({self._ended_here}, timeout=timeout)
         return self._ended.done()
 
     def alive(self) -> bool:
@@ -179,6 +181,8 @@ class RayReplicaProcess:
         if self._ended is None or not self._ended.done():
             return "ended"
         error = self._ended.exception()
+        if self._ended_here is not None and self._ended_here.done():
+            self._ended_here.exception()  # seen: asyncio need not log it as never retrieved
         if error is None:
             return f"exited with code {self._ended.result()}"
         return f"was lost with its Ray actor or node ({type(error).__name__})"
@@ -216,7 +220,8 @@ class RayReplicaProcess:
         await asyncio.shield(self._stopping)
 
     async def _stop(self, grace_s: float) -> None:
-        await self.client.aclose()
+        if self.client is not None:
+            await self.client.aclose()
         if self.actor is None:
             return
         if grace_s and self.alive():
