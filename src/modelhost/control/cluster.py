@@ -43,6 +43,7 @@ from modelhost.control.supervisor import (
     ServerView,
 )
 from modelhost.control.watched import Record, WatchedServer
+from modelhost.errors import ModelhostError
 
 log = logging.getLogger("modelhost.controller")
 
@@ -55,8 +56,8 @@ PLACED_WAIT_S = 0.5  # how often a replica waiting for a node looks whether it i
 WAITING_LOOKS = 6  # every this many looks, whether it still waits for a node (and says so)
 
 
-class Unplaceable(Exception):
-    """No node of the cluster has what a replica asks for."""
+class ClusterUnreachable(ModelhostError):
+    """`modelhost up --engine ray` could not join its Ray cluster."""
 
 
 class RayEngine:
@@ -73,10 +74,17 @@ class RayEngine:
     def connect(self) -> None:
         ray = self.ray
         if not ray.is_initialized():
-            ray.init(
-                address=self.address, log_to_driver=False, logging_level=logging.WARNING,
-                configure_logging=False,
-            )  # fmt: skip
+            try:
+                ray.init(
+                    address=self.address, log_to_driver=False, logging_level=logging.WARNING,
+                    configure_logging=False,
+                )  # fmt: skip
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                raise ClusterUnreachable(
+                    f"Could not join the Ray cluster at {self.address}: {e} Check that this "
+                    "machine has the cluster's token (RAY_AUTH_MODE=token with RAY_AUTH_TOKEN or "
+                    "~/.ray/auth_token) and the same Ray and Python versions as its nodes."
+                ) from None
         self.actor_class = ray.remote(ReplicaHost)
 
     def largest_node(self) -> tuple[float, float]:
