@@ -50,7 +50,6 @@ from sklearn.ensemble import RandomForestClassifier
 
 REPLICA_HOST = b"ray::ReplicaHost"
 # Ray reads its settings from RAY_<name>, the name in its own (lower) case.
-WORKER_NICENESS = "RAY_worker_niceness"
 
 
 @dataclass(frozen=True)
@@ -74,12 +73,8 @@ class Cpu:
 
 
 @contextlib.contextmanager
-def ray_cluster(scratch: Path, worker_niceness: int | None) -> Iterator[str]:
-    """A Ray head on 127.0.0.1 with token auth; its address. Shut down, processes and all.
-
-    Ray starts its workers, and so the model servers its actors start, at the niceness its
-    `worker_niceness` setting says (15 unless told otherwise).
-    """
+def ray_cluster(scratch: Path) -> Iterator[str]:
+    """A Ray head on 127.0.0.1 with token auth; its address. Shut down, processes and all."""
     # Ray reads these when imported and when it starts a node; `up --engine ray` inherits them
     # (the token to join, and Ray kept on 127.0.0.1). The node's modelhost home is the
     # scratch folder's, not the user's.
@@ -90,8 +85,6 @@ def ray_cluster(scratch: Path, worker_niceness: int | None) -> Iterator[str]:
         RAY_AUTH_TOKEN=secrets.token_hex(16),
         MODELHOST_HOME=str(scratch / "nodes"),
     )
-    if worker_niceness is not None:
-        os.environ[WORKER_NICENESS] = str(worker_niceness)
     from ray.cluster_utils import Cluster
 
     os.makedirs("/tmp/ray", exist_ok=True)  # Cluster writes /tmp/ray/ray_current_cluster
@@ -159,7 +152,7 @@ def run(args: argparse.Namespace) -> None:
         contextlib.ExitStack() as stack,
     ):
         tmp = Path(scratch)
-        head = stack.enter_context(ray_cluster(tmp, args.ray_worker_niceness))
+        head = stack.enter_context(ray_cluster(tmp))
         local, local_up = stack.enter_context(platform(tmp / "local", tmp / "local.log"))
         on_ray, ray_up = stack.enter_context(
             platform(tmp / "ray", tmp / "ray.log", "--engine", "ray", "--ray-address", head)
@@ -271,11 +264,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=lambda text: [positive_int(c) for c in text.split(",")],
         default=[16, 64],
         help="comma-separated concurrency levels (default: 16,64)",
-    )
-    parser.add_argument(
-        "--ray-worker-niceness",
-        type=int,
-        help="the niceness Ray starts its workers at (RAY_worker_niceness; default: Ray's, 15)",
     )
     return parser.parse_args(argv)
 
