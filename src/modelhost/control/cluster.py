@@ -381,9 +381,11 @@ class RaySupervisor:
         self.changed()
 
     async def _drain(self, server: _Replicated, replica: WatchedServer) -> None:
-        self.changed()  # routes leave it first; requests on their way there finish
-        await asyncio.sleep(DRAIN_S)
-        self._stop_replica(replica)
+        try:
+            self.changed()  # routes leave it first; requests on their way there finish
+            await asyncio.sleep(DRAIN_S)
+        finally:  # stopped even if its server is stopped meanwhile
+            self._stop_replica(replica)
 
     def _stop_replica(self, replica: WatchedServer) -> None:
         task = asyncio.create_task(replica.stop())
