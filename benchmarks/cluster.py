@@ -28,10 +28,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway import API, MODEL, get_json, register, version_states, wait, worker_pid
-from processes import command_line, cpu_seconds, descendants, parents, stop_leftovers
+from gateway import API, MODEL, get_json, in_turns, register, version_states, wait, worker_pid
+from processes import command_line, descendants, parents, stop_leftovers
 from serving import (
-    WARMUP_S,
     BenchmarkError,
     WrkResult,
     check_answer,
@@ -42,7 +41,6 @@ from serving import (
     positive_int,
     request_body,
     run_benchmark,
-    run_wrk,
     write_lua,
 )
 from sklearn.datasets import load_iris
@@ -192,24 +190,13 @@ def measure(
     """Each target's median run and median CPU, measured in turns round after round."""
     runs: dict[str, list[WrkResult]] = {name: [] for name in targets}
     cpu: dict[str, list[Cpu]] = {name: [] for name in targets}
-    for round_number in range(args.rounds):
-        for name, target in targets.items():
-            if round_number == 0:
-                run_wrk(target.url, lua, connections, WARMUP_S)
-            before = _cpu_now(target)
-            measured = run_wrk(target.url, lua, connections, args.duration)
-            used = [after - b for after, b in zip(_cpu_now(target), before, strict=True)]
-            requests = max(measured.requests, 1)
-            runs[name].append(measured)
-            cpu[name].append(
-                Cpu(1e6 * used[0] / requests, 1e6 * used[1] / requests, used[2] / args.duration)
-            )
-            print(
-                f"  {connections} connections, round {round_number + 1}, {name:<5} "
-                f"{measured.requests_per_s:>9.1f} req/s  p99 {measured.p99_ms:.1f} ms  "
-                f"errors {measured.errors}",
-                flush=True,
-            )
+    groups = {name: (t.url, [(t.gateway,), (t.server,), t.ray]) for name, t in targets.items()}
+    for name, measured, (gateway, server, ray) in in_turns(groups, lua, connections, args):
+        requests = max(measured.requests, 1)
+        runs[name].append(measured)
+        cpu[name].append(
+            Cpu(1e6 * gateway / requests, 1e6 * server / requests, ray / args.duration)
+        )
     medians = {name: median_run(measured) for name, measured in runs.items()}
     cpu_medians = {
         name: Cpu(
@@ -220,14 +207,6 @@ def measure(
         for name, per_run in cpu.items()
     }
     return medians, cpu_medians
-
-
-def _cpu_now(target: Target) -> tuple[float, float, float]:
-    return (
-        cpu_seconds(target.gateway),
-        cpu_seconds(target.server),
-        sum(cpu_seconds(pid) for pid in target.ray),
-    )
 
 
 def report(

@@ -22,12 +22,12 @@ import tempfile
 import time
 import urllib.request
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import mlflow
 import orjson
-from processes import model_server_of
+from processes import cpu_seconds, model_server_of
 from serving import (
     WARMUP_S,
     BenchmarkError,
@@ -181,22 +181,11 @@ def measure(
     A target is its URL and the process ids of the gateway and of the model server it reaches.
     """
     runs: dict[str, list[WrkResult]] = {name: [] for name in targets}
-    cpu: dict[str, list[tuple[float, float]]] = {name: [] for name in targets}
-    for round_number in range(args.rounds):
-        for name, (url, pids) in targets.items():
-            if round_number == 0:
-                run_wrk(url, lua, connections, WARMUP_S)
-            before = [cpu_seconds(pid) for pid in pids]
-            measured = run_wrk(url, lua, connections, args.duration)
-            used = [cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True)]
-            runs[name].append(measured)
-            cpu[name].append(tuple(1e6 * u / max(measured.requests, 1) for u in used))
-            print(
-                f"  {connections} connections, round {round_number + 1}, {name:<8} "
-                f"{measured.requests_per_s:>9.1f} req/s  p99 {measured.p99_ms:.1f} ms  "
-                f"errors {measured.errors}",
-                flush=True,
-            )
+    cpu: dict[str, list[tuple[float, ...]]] = {name: [] for name in targets}
+    groups = {name: (url, [(pid,) for pid in pids]) for name, (url, pids) in targets.items()}
+    for name, measured, used in in_turns(groups, lua, connections, args):
+        runs[name].append(measured)
+        cpu[name].append(tuple(1e6 * u / max(measured.requests, 1) for u in used))
     medians = {name: median_run(measured) for name, measured in runs.items()}
     cpu_medians = {
         name: tuple(statistics.median(column) for column in zip(*per_run, strict=True))
@@ -205,10 +194,31 @@ def measure(
     return medians, cpu_medians  # type: ignore[return-value]
 
 
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def in_turns(
+    targets: dict[str, tuple[str, Sequence[Sequence[int]]]],
+    lua: Path,
+    connections: int,
+    args: argparse.Namespace,
+) -> Iterator[tuple[str, WrkResult, list[float]]]:
+    """Each target's runs, in turns round after round (warmed up in the first), with the CPU
+    seconds each of its groups of processes used during the run.
+
+    A target is its URL and groups of process ids, each group's CPU summed.
+    """
+    for round_number in range(args.rounds):
+        for name, (url, groups) in targets.items():
+            if round_number == 0:
+                run_wrk(url, lua, connections, WARMUP_S)
+            before = [sum(map(cpu_seconds, group)) for group in groups]
+            measured = run_wrk(url, lua, connections, args.duration)
+            used = [sum(map(cpu_seconds, g)) - b for g, b in zip(groups, before, strict=True)]
+            print(
+                f"  {connections} connections, round {round_number + 1}, {name:<8} "
+                f"{measured.requests_per_s:>9.1f} req/s  p99 {measured.p99_ms:.1f} ms  "
+                f"errors {measured.errors}",
+                flush=True,
+            )
+            yield name, measured, used
 
 
 def main() -> int:
