@@ -137,14 +137,10 @@ def parse(fields: Mapping[str, Any]) -> dict[str, Any]:
             "max_batch_size", given["max_batch_size"], MAX_BATCH_SIZE, "rows per predict call"
         )
     if "max_batch_delay_ms" in given:
-        low, high = MAX_BATCH_DELAY_MS
-        value = given["max_batch_delay_ms"]
-        if not _is_number(value) or not low <= value <= high:
-            raise InvalidInput(
-                f"max_batch_delay_ms must be a number of milliseconds from {low:g} to {high:g} "
-                f"(how long a batch waits for more requests), not {value!r}."
-            )
-        parsed["max_batch_delay_ms"] = float(value)
+        parsed["max_batch_delay_ms"] = _ranged_number(
+            "max_batch_delay_ms", given["max_batch_delay_ms"], MAX_BATCH_DELAY_MS,
+            "milliseconds", "how long a batch waits for more requests",
+        )  # fmt: skip
     if "timeout_s" in given:
         low, high = TIMEOUT_S
         value = given["timeout_s"]
@@ -155,14 +151,10 @@ def parse(fields: Mapping[str, Any]) -> dict[str, Any]:
             )
         parsed["timeout_s"] = float(value)
     if "cpus" in given:
-        low, high = CPUS
-        value = given["cpus"]
-        if not _is_number(value) or not low <= value <= high:
-            raise InvalidInput(
-                f"cpus must be a number of logical CPUs from {low:g} to {high:g} (what each "
-                f"replica reserves on a cluster node), not {value!r}."
-            )
-        parsed["cpus"] = float(value)
+        parsed["cpus"] = _ranged_number(
+            "cpus", given["cpus"], CPUS, "logical CPUs",
+            "what each replica reserves on a cluster node",
+        )  # fmt: skip
     if "memory_mb" in given:
         parsed["memory_mb"] = _integer(
             "memory_mb", given["memory_mb"], MEMORY_MB,
@@ -238,6 +230,14 @@ def _integer(key: str, value: Any, bounds: tuple[int, int], what: str) -> int:
         raise InvalidInput(f"{key} must be a whole number of {what} from {low} to {high}, "
                            f"not {value!r}.")  # fmt: skip
     return value
+
+
+def _ranged_number(key: str, value: Any, bounds: tuple[float, float], what: str, why: str) -> float:
+    low, high = bounds
+    if not _is_number(value) or not low <= value <= high:
+        raise InvalidInput(f"{key} must be a number of {what} from {low:g} to {high:g} ({why}), "
+                           f"not {value!r}.")  # fmt: skip
+    return float(value)
 
 
 def _scale_to_zero_after(value: Any) -> float | None:
