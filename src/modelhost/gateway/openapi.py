@@ -91,6 +91,11 @@ def _body(schema: dict[str, Any], example: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _within(kind: str | list[str], bounds: tuple[Any, Any]) -> dict[str, Any]:
+    """A number of `kind` from bounds[0] to bounds[1], both included."""
+    return {"type": kind, "minimum": bounds[0], "maximum": bounds[1]}
+
+
 def _query(name: str, description: str, required: bool = False) -> dict[str, Any]:
     return {
         "name": name,
@@ -121,25 +126,16 @@ TAG = {**_object({"key": TEXT, "value": TEXT}, "key"), "additionalProperties": F
 # A served model's settings, each field optional where they are set (control/settings.py).
 SETTINGS_FIELDS = {
     "env_manager": ENV_MANAGER,
-    "workers": {"type": "integer", "minimum": serving_settings.WORKERS[0],
-                "maximum": serving_settings.WORKERS[1]},
-    "max_batch_size": {"type": "integer", "minimum": serving_settings.MAX_BATCH_SIZE[0],
-                       "maximum": serving_settings.MAX_BATCH_SIZE[1]},
-    "max_batch_delay_ms": {"type": "number", "minimum": serving_settings.MAX_BATCH_DELAY_MS[0],
-                           "maximum": serving_settings.MAX_BATCH_DELAY_MS[1]},
+    "workers": _within("integer", serving_settings.WORKERS),
+    "max_batch_size": _within("integer", serving_settings.MAX_BATCH_SIZE),
+    "max_batch_delay_ms": _within("number", serving_settings.MAX_BATCH_DELAY_MS),
     "timeout_s": {"type": "number", "exclusiveMinimum": serving_settings.TIMEOUT_S[0],
                   "maximum": serving_settings.TIMEOUT_S[1]},
-    "cpus": {"type": "number", "minimum": serving_settings.CPUS[0],
-             "maximum": serving_settings.CPUS[1]},
-    "memory_mb": {"type": "integer", "minimum": serving_settings.MEMORY_MB[0],
-                  "maximum": serving_settings.MEMORY_MB[1]},
-    "min_replicas": {"type": "integer", "minimum": serving_settings.REPLICAS[0],
-                     "maximum": serving_settings.REPLICAS[1]},
-    "max_replicas": {"type": "integer", "minimum": serving_settings.REPLICAS[0],
-                     "maximum": serving_settings.REPLICAS[1]},
-    "scale_to_zero_after": {"type": ["number", "null"],
-                            "minimum": serving_settings.SCALE_TO_ZERO_AFTER_S[0],
-                            "maximum": serving_settings.SCALE_TO_ZERO_AFTER_S[1]},
+    "cpus": _within("number", serving_settings.CPUS),
+    "memory_mb": _within("integer", serving_settings.MEMORY_MB),
+    "min_replicas": _within("integer", serving_settings.REPLICAS),
+    "max_replicas": _within("integer", serving_settings.REPLICAS),
+    "scale_to_zero_after": _within(["number", "null"], serving_settings.SCALE_TO_ZERO_AFTER_S),
     "tags": {"type": "array", "items": TAG, "maxItems": serving_settings.MAX_TAGS},
 }  # fmt: skip
 SETTINGS_SAID = (
