@@ -274,21 +274,21 @@ class Gateway:
         """The pool of the replica with the fewest requests in flight; of equally busy ones,
         each in turn, so idle replicas share the load."""
         if len(replicas) == 1:  # a server of this machine: nothing to choose
-            replica = replicas[0]
-            return self._pools.get(replica.number) or self._pool(replica)
+            return self._pool(replicas[0])
         self._turn += 1
         count = len(replicas)
         best: ConnectionPool | None = None
         for at in range(self._turn, self._turn + count):
-            replica = replicas[at % count]
-            pool = self._pools.get(replica.number) or self._pool(replica)
+            pool = self._pool(replicas[at % count])
             if best is None or pool.in_flight < best.in_flight:
                 best = pool
         assert best is not None, "a ready route lists at least one replica"
         return best
 
     def _pool(self, replica: Replica) -> ConnectionPool:
-        """A pool for a new replica; those of replicas no route points at any more are closed."""
+        """The replica's pool. A new one closes those of replicas no route points at any more."""
+        if (pool := self._pools.get(replica.number)) is not None:
+            return pool
         live = self.control.routes.replicas()
         for gone in self._pools.keys() - live:
             self._pools.pop(gone).close()
@@ -298,7 +298,7 @@ class Gateway:
     def _model_servers(self) -> list[tuple[str, ConnectionPool]]:
         """Each served model's name with a pool of each replica of its servers, for /metrics."""
         return [
-            (name, self._pools.get(replica.number) or self._pool(replica))
+            (name, self._pool(replica))
             for name, routes in self.control.routes.models.items()
             for replica in {
                 replica
