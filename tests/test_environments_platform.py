@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import threading
 from importlib import metadata
 from pathlib import Path
@@ -218,3 +220,47 @@ def test_a_state_database_made_before_serving_settings_gets_them(tmp_path):
     assert not store.update("never served", {"env_manager": "uv"})
     assert store.served() == {"older": {"env_manager": "uv"}}
     store.engine.dispose()
+
+
+SLOW_BACKEND = """\
+import os, pathlib, time
+pathlib.Path(__file__).with_name("backend.pid").write_text(str(os.getpid()))
+time.sleep(600)  # a build that says nothing for minutes, as a large compile does
+"""
+
+
+def test_ctrl_c_during_a_build_stops_it_at_once_and_leaves_nothing(tmp_path):
+    """uv may say nothing for minutes while it builds a package: Ctrl-C does not wait for it."""
+    with tempfile.TemporaryDirectory(prefix="modelhost-slowpkg-") as folder:
+        package = Path(folder)  # outside pytest's own folder: the model user builds it
+        os.chmod(package, 0o777)  # and the backend, as that user, writes its pid here
+        (package / "pyproject.toml").write_text(
+            '[build-system]\nrequires = []\nbuild-backend = "slow_backend"\n'
+            'backend-path = ["."]\n[project]\nname = "slowpkg"\nversion = "0.1"\n'
+        )
+        (package / "slow_backend.py").write_text(SLOW_BACKEND)
+        with Platform(tmp_path / "home", experiment="slow-build") as platform:
+            log_six_model("slow-build", [*PINNED, f"slowpkg @ {package.as_uri()}"])
+            enabled = httpx.post(
+                f"{platform.url}{API}/enable",
+                json={"registered_model_name": "slow-build", "env_manager": "uv"},
+            )
+            assert enabled.is_success, enabled.text
+            backend = eventually(lambda: _pid_in(package / "backend.pid"), BUILD_TIMEOUT_S)
+            platform.stop()  # Ctrl-C: `up` must end within its bound, with nothing left running
+        assert not _alive(backend)  # the package's build backend went with uv
+
+
+def _pid_in(path: Path) -> int:
+    written = path.read_text() if path.exists() else ""
+    assert written, f"{path} is not written yet"
+    return int(written)
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs: a zombie (dead, its new parent yet to reap it) does not."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

@@ -19,8 +19,10 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -282,6 +284,25 @@ def _interpreter(uv: str, requirements: Requirements, builder: _Builder, log: Lo
     return output[-1].strip()
 
 
+# The uv processes builds run now, so that stopping modelhost need not wait for their next line.
+_running: set[subprocess.Popen[str]] = set()
+_running_lock = threading.Lock()
+
+
+def stop_builds() -> None:
+    """Kill the uv processes of the builds under way (modelhost is stopping): each build then
+    fails at once and removes what it had built, rather than going on until uv next speaks."""
+    with _running_lock:
+        for process in _running:
+            _kill(process)
+
+
+def _kill(process: subprocess.Popen[str]) -> None:
+    """uv and what it started (a package's build backend, a compiler): its own session."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
 def _run(
     command: list[str], cwd: Path, env: dict[str, str], options: dict[str, Any], log: Log
 ) -> tuple[int, list[str]]:
@@ -296,15 +317,21 @@ def _run(
         stdin=subprocess.DEVNULL,
         text=True,
         errors="replace",
+        start_new_session=True,
         **options,
     ) as process:
+        with _running_lock:
+            _running.add(process)
         try:
             for line in process.stdout:  # type: ignore[union-attr]
                 output.append(line.rstrip("\n"))
                 log(output[-1])
         except BaseException:  # interrupted: uv must not go on building behind our back
-            process.kill()
+            _kill(process)
             raise
+        finally:
+            with _running_lock:
+                _running.discard(process)
         return process.wait(), output
 
 

@@ -34,6 +34,7 @@ from modelhost.control.environments import (
     EnvironmentFailed,
     environment_key,
     prepare,
+    stop_builds,
 )
 from modelhost.control.isolation import Isolation, open_tree
 from modelhost.control.requirements import (
@@ -156,11 +157,13 @@ class Preparer:
             placement.task.cancel()
 
     def stop(self) -> None:
-        """Give up the preparations in progress (builds stop at uv's next line of output)."""
+        """Give up the preparations in progress; a build under way is killed at once, not left
+        to run until uv's next line of output (the process waits for it as it exits)."""
         self._stopping = True
         for key in list(self._placements):
             self.forget(key)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        stop_builds()
 
     async def _run(self, placement: Placement, identity: str, version_log: VersionLog) -> None:
         loop = asyncio.get_running_loop()
