@@ -15,14 +15,22 @@ def stop_group(process: subprocess.Popen[bytes], grace_s: float) -> None:
     Waits for the whole group, not only its leader: a server's children (ASGI workers) can
     outlive it, and a leader that died leaves them running.
     """
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
+    _signal(process, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline and _group_alive(process):
         time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
+    _signal(process, signal.SIGKILL)
     process.wait()
+
+
+def _signal(process: subprocess.Popen[bytes], sig: int) -> None:
+    """To its group; to the process alone while it has no group of its own yet (a server
+    forked a moment ago, before its setsid), which nothing would signal otherwise."""
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(sig)
 
 
 def _group_alive(process: subprocess.Popen[bytes]) -> bool:
@@ -30,5 +38,5 @@ def _group_alive(process: subprocess.Popen[bytes]) -> bool:
     try:
         os.killpg(process.pid, 0)
     except ProcessLookupError:
-        return False
+        return process.poll() is None  # no group (yet): the process itself, if it runs
     return True

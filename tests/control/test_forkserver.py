@@ -11,19 +11,22 @@ import asyncio
 import logging
 import os
 import signal
+import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
 from support import FORK_SERVER, command_of, eventually, parent_of
 
 from modelhost.control.environments import Environment
-from modelhost.control.forkserver import ForkServers
+from modelhost.control.forkserver import Forked, ForkServers
 from modelhost.control.isolation import Isolation
 from modelhost.control.local import LocalSupervisor
 from modelhost.control.servers import ModelServerProcess, server_log
 from modelhost.control.supervisor import Health, HeldState, ServerSpec
+from modelhost.processes import stop_group
 
 HERE = Environment("here", Path(sys.executable), built=False)
 MODELS = ("iris-a", "iris-b")
@@ -264,3 +267,21 @@ def test_a_server_stopped_twice_is_stopped_once_and_closes_nothing_else(tmp_path
             await servers.close()
 
     run(scenario())
+
+
+def test_a_server_stopped_before_it_leads_its_own_group_is_stopped(tmp_path):
+    # A forked server calls setsid a moment after its fork, but `up` may stop it at once (a
+    # settings change right after another): until then its pid names no group, and a stop that
+    # signalled only the group waited for ever on a server that went on running.
+    child = subprocess.Popen(["sleep", "600"])  # in our group, as a fork before its setsid
+    forked = Forked(child.pid, os.pidfd_open(child.pid))
+    stopping = threading.Thread(target=stop_group, args=(forked, 5), daemon=True)
+    try:
+        stopping.start()
+        stopping.join(60)  # a bound for the old behaviour: it never returned
+        assert not stopping.is_alive(), "the stop is still waiting"
+        assert child.wait(5) == -signal.SIGTERM  # SIGTERM first, through its pidfd
+    finally:
+        child.kill()
+        child.wait()
+        forked.close()

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import select
+import signal
 import socket
 import subprocess
 import threading
@@ -76,6 +77,12 @@ class Forked:
             raise subprocess.TimeoutExpired(str(self.pid), timeout or 0)
         self._said.wait(1.0)  # reaped by the fork server a moment after; None if it is gone
         return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        """Through its pidfd: never a process that took its pid after it was reaped."""
+        with self._lock:
+            if self.pidfd >= 0:  # else it was waited for already
+                signal.pidfd_send_signal(self.pidfd, sig)
 
     def close(self) -> None:
         with self._lock:
